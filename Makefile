@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PACKAGES := her2fed site_agent coordinator
+
+.PHONY: setup lint test demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check $(PACKAGES) tests bench examples
+	$(VENV)/bin/mypy --strict $(PACKAGES)
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) examples/demo/make_sites.py out/demo/sites
+	$(VENV)/bin/her2fed local examples/demo/study.toml \
+	  --site athens=out/demo/sites/athens/site.toml \
+	  --site oslo=out/demo/sites/oslo/site.toml \
+	  --site munich=out/demo/sites/munich/site.toml \
+	  --out out/demo
+
+bench: setup
+	$(PY) bench/bench_core.py $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

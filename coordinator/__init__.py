@@ -1,0 +1,1 @@
+"""The coordinator: runs at the consortium, sends queries, combines sums, reports."""

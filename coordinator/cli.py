@@ -1,0 +1,164 @@
+"""The ``her2fed`` command.
+
+Every error a user can cause is printed as one message naming the problem
+and the fix, with exit status 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from coordinator.orchestrate import run_study
+from coordinator.results import results_document
+from coordinator.study import load_study
+from coordinator.transport import InProcessTransport
+from her2fed.errors import Her2fedError, SpecError
+from site_agent.cli import add_site_commands
+from site_agent.config import load_site
+from site_agent.handlers import SiteAgent
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=1, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _site_arg(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=SITE.toml, got {text!r}")
+    return name, Path(path)
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    loaded = load_study(args.study)
+    study = loaded.study
+    names = [n for n, _ in args.site]
+    if len(set(names)) != len(names):
+        raise SpecError(
+            "--site", f"site names must be unique, got {names}", "give each site its own NAME"
+        )
+    agents = []
+    for name, path in args.site:
+        cfg = load_site(path)
+        agents.append(
+            SiteAgent(
+                type(cfg)(cfg.path, name, cfg.country, cfg.tables, cfg.registry, cfg.policy), study
+            )
+        )
+    transport = InProcessTransport(agents)
+    started = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(f"[{time.perf_counter() - started:6.1f}s] {msg}", file=sys.stderr)
+
+    progress(f"study {study.name!r}: {len(study.analyses)} analyses over {len(agents)} site(s)")
+    outcome = run_study(study, transport, progress)
+    doc = results_document(
+        name=study.name,
+        study_hash=loaded.hash,
+        analyses={a.id: a for a in study.analyses},
+        results=outcome.results,
+        sites=outcome.sites,
+        grid_days=study.grid.grid_days,
+        horizon_days=study.grid.horizon_days,
+        rounds=outcome.rounds,
+        transport=args.transport,
+    )
+    out = Path(args.out) / "results.json"
+    write_json_atomic(out, doc)
+    progress(f"done in {outcome.rounds} rounds; wrote {out}")
+    if not args.quiet:
+        print(summary_table(doc))
+    return 0
+
+
+def summary_table(doc: dict[str, Any]) -> str:
+    """A few lines a person can read at the end of a run."""
+    lines = [f"{'analysis':<28} {'kind':<13} result"]
+    for aid, entry in doc["analyses"].items():
+        pooled = entry["pooled"]
+        if entry["kind"] == "km":
+            text = "; ".join(
+                f"{g}: median {_fmt(v['median'])} (n={v['n_risk'][0] if v['n_risk'] else 0})"
+                for g, v in pooled["groups"].items()
+            )
+        elif entry["kind"] == "cox":
+            text = "; ".join(f"HR {k} {_fmt(v)}" for k, v in pooled["hr"].items())
+        elif entry["kind"] == "logrank":
+            text = f"chisq {_fmt(pooled['chisq'])} df {pooled['df']} p {_fmt(pooled['p'])}"
+        else:
+            text = f"{len(pooled['groups'])} group(s)"
+        lines.append(f"{aid:<28} {entry['kind']:<13} {text}")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return "NA" if v is None else f"{v:.4g}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="her2fed",
+        description="Federated survival analytics for HER2+ metastatic breast cancer.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    local = sub.add_parser(
+        "local",
+        help="run a study across site configs on this machine",
+        description="Run STUDY.toml across the given sites and write DIR/results.json.",
+    )
+    local.add_argument("study", metavar="STUDY.toml")
+    local.add_argument(
+        "--site",
+        metavar="NAME=SITE.toml",
+        type=_site_arg,
+        action="append",
+        required=True,
+        help="a site and its config file (repeat per site)",
+    )
+    local.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    local.add_argument(
+        "--transport",
+        choices=["inprocess"],
+        default="inprocess",
+        help="how sites are reached (default: inprocess)",
+    )
+    local.add_argument("--quiet", action="store_true", help="no progress or summary output")
+    local.set_defaults(func=cmd_local)
+    add_site_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Her2fedError as err:
+        print(f"her2fed: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("her2fed: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Running a study: every analysis in flight at once, one batch per round."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from coordinator.transport import Transport
+from her2fed.estimate import AnalysisRun, Result
+from her2fed.study import Study
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    results: dict[str, Result]
+    rounds: int
+    sites: tuple[str, ...]
+
+
+def run_study(
+    study: Study, transport: Transport, progress: Callable[[str], None] = lambda _: None
+) -> StudyOutcome:
+    runs = [AnalysisRun(a, study.grid) for a in study.analyses]
+    rounds = 0
+    while not all(r.done for r in runs):
+        active = [r for r in runs if not r.done]
+        queries = [q for r in active for q in r.queries()]
+        rounds += 1
+        progress(
+            f"round {rounds}: {len(queries)} quer{'y' if len(queries) == 1 else 'ies'} "
+            f"({', '.join(sorted({q.step for q in queries}))})"
+        )
+        merged = transport.aggregate(queries)
+        pos = 0
+        for run in active:
+            n = len(run.queries())
+            run.receive(merged[pos : pos + n])
+            pos += n
+    results = {r.analysis.id: r.result for r in runs if r.result is not None}
+    return StudyOutcome(results, rounds, tuple(transport.sites()))

@@ -1,0 +1,174 @@
+"""Pooled estimates per analysis, driven as small state machines.
+
+Each ``AnalysisRun`` says which queries it needs next, receives the merged
+(summed) answers, and ends with a frozen result. The coordinator batches the
+queries of every run into the same round, so a study needs one round for all
+non-Cox analyses plus the Newton rounds of its Cox models, whatever the
+transport. Runs never learn how many sites contributed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from her2fed.cif import CIFCurve, aalen_johansen
+from her2fed.counts import EventTable
+from her2fed.cox import (
+    CoxDerivs,
+    CoxMoments,
+    CoxResult,
+    CoxSums,
+    cox_result,
+    derivs_from_sums,
+    newton,
+)
+from her2fed.errors import EstimationError
+from her2fed.grid import TimeGrid
+from her2fed.km import KMCurve, NACurve, kaplan_meier, nelson_aalen
+from her2fed.logrank import LogrankParts, LogrankResult, logrank_test, parts_from_table
+from her2fed.protocol import Query, Step, first_step
+from her2fed.study import Analysis
+from her2fed.summary import Additive
+
+
+@dataclass(frozen=True)
+class CurvesResult:
+    """KM, Nelson-Aalen or CIF curves per declared group level."""
+
+    kind: str
+    groups: dict[str, KMCurve] | dict[str, NACurve] | dict[str, CIFCurve]
+    n_dropped: int
+
+
+@dataclass(frozen=True)
+class LogrankOutcome:
+    """A log-rank test with the group labels its vectors refer to."""
+
+    labels: tuple[str, ...]
+    test: LogrankResult
+    n_dropped: int
+
+
+Result = CurvesResult | LogrankOutcome | CoxResult
+
+
+def estimate_table(analysis: Analysis, grid: TimeGrid, table: EventTable) -> Result:
+    """Estimates that read only a merged event table."""
+    labels = analysis.group_labels
+    dropped = int(table.dropped[0])
+    if analysis.kind == "logrank":
+        return LogrankOutcome(
+            labels, logrank_test(parts_from_table(table, analysis.rho), analysis.rho), dropped
+        )
+    events = table.events.sum(axis=0)  # [g, k, b] pooled over strata
+    censored = table.censored.sum(axis=0)
+    if analysis.kind == "km":
+        km = {
+            lab: kaplan_meier(
+                grid.times,
+                events[g].sum(axis=0),
+                censored[g],
+                conf_type=analysis.conf_type,
+                conf_level=analysis.conf_level,
+                probs=analysis.quantiles,
+            )
+            for g, lab in enumerate(labels)
+        }
+        return CurvesResult("km", km, dropped)
+    if analysis.kind == "nelson_aalen":
+        na = {
+            lab: nelson_aalen(grid.times, events[g].sum(axis=0), censored[g])
+            for g, lab in enumerate(labels)
+        }
+        return CurvesResult("nelson_aalen", na, dropped)
+    if analysis.kind == "cif":
+        cif = {
+            lab: aalen_johansen(grid.times, events[g], censored[g]) for g, lab in enumerate(labels)
+        }
+        return CurvesResult("cif", cif, dropped)
+    raise ValueError(f"{analysis.kind} is not estimated from an event table")
+
+
+class AnalysisRun:
+    """One analysis in flight: pending queries, merged answers, final result."""
+
+    def __init__(self, analysis: Analysis, grid: TimeGrid) -> None:
+        self.analysis = analysis
+        self.grid = grid
+        self.result: Result | None = None
+        self.rounds = 0
+        self._pending: list[Query] = [Query(analysis.id, first_step(analysis))]
+        self._moments: CoxMoments | None = None
+        self._newton: Generator[np.ndarray, CoxDerivs, object] | None = None
+        self._center: tuple[float, ...] = ()
+        self._beta: np.ndarray | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def queries(self) -> list[Query]:
+        return list(self._pending)
+
+    def receive(self, merged: Sequence[Additive]) -> None:
+        """Take the merged answers to ``queries()`` and move to the next state."""
+        self.rounds += 1
+        (summary,) = merged
+        step = self._pending[0].step
+        self._pending = []
+        if step == "table":
+            assert isinstance(summary, EventTable)
+            self.result = estimate_table(self.analysis, self.grid, summary)
+        elif step == "logrank_parts":
+            assert isinstance(summary, LogrankParts)
+            self.result = LogrankOutcome(
+                self.analysis.group_labels,
+                logrank_test(summary, self.analysis.rho),
+                int(summary.dropped[0]),
+            )
+        elif step == "cox_moments":
+            assert isinstance(summary, CoxMoments)
+            self._start_cox(summary)
+        else:
+            assert self._beta is not None
+            if isinstance(summary, CoxSums):
+                derivs = derivs_from_sums(summary, self._beta, self.analysis.ties)
+            else:
+                assert isinstance(summary, CoxDerivs)
+                derivs = summary
+            self._advance(derivs)
+
+    def _start_cox(self, moments: CoxMoments) -> None:
+        n = int(moments.n[0])
+        if n == 0 or int(moments.n_events[0]) == 0:
+            raise EstimationError(
+                f"analysis {self.analysis.id!r}: no complete cases with an event across the sites; "
+                "check the event column and missing covariates"
+            )
+        self._moments = moments
+        self._center = tuple(float(v) for v in moments.sum_x / n)
+        self._newton = newton(len(self._center))
+        self._ask(next(self._newton))
+
+    def _ask(self, beta: np.ndarray) -> None:
+        self._beta = beta
+        step: Step = "cox_derivs" if self.analysis.strata_by_site else "cox_sums"
+        self._pending = [Query(self.analysis.id, step, tuple(float(b) for b in beta), self._center)]
+
+    def _advance(self, derivs: CoxDerivs) -> None:
+        assert self._newton is not None and self._moments is not None
+        try:
+            self._ask(self._newton.send(derivs))
+        except StopIteration as stop:
+            self.result = cox_result(
+                stop.value,
+                self.analysis.coef_names,
+                self._moments,
+                self.analysis.ties,
+                self.analysis.conf_level,
+            )
+        except EstimationError as err:
+            raise EstimationError(f"analysis {self.analysis.id!r}: {err}") from None

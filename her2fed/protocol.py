@@ -1,0 +1,81 @@
+"""What the coordinator asks and what a site computes in answer.
+
+A query names an analysis of the (approved) study and a step; Cox steps carry
+the current coefficients and the pooled covariate means. Queries are data,
+never code: a site maps each step to one of the fixed functions below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from her2fed.counts import event_table
+from her2fed.cox import cox_moments, cox_sums, derivs_from_sums
+from her2fed.grid import FloatArray, IntArray, TimeGrid
+from her2fed.logrank import parts_from_table
+from her2fed.study import Analysis
+from her2fed.summary import Additive
+
+Step = Literal["table", "logrank_parts", "cox_moments", "cox_sums", "cox_derivs"]
+
+
+@dataclass(frozen=True)
+class Query:
+    analysis_id: str
+    step: Step
+    beta: tuple[float, ...] = ()
+    center: tuple[float, ...] = ()
+
+
+def first_step(analysis: Analysis) -> Step:
+    """The step that opens an analysis (all analyses open in the same round)."""
+    if analysis.kind == "cox":
+        return "cox_moments"
+    if analysis.kind == "logrank" and analysis.strata_by_site:
+        return "logrank_parts"
+    return "table"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A site's validated rows for one analysis, as arrays (complete cases only).
+
+    ``event`` is 0 for censored, else the cause index 1..K in the order the
+    study declares the causes; ``group`` and ``stratum`` are level indices;
+    ``x`` is the covariate design (dummies for categorical levels).
+    """
+
+    time: FloatArray
+    event: IntArray
+    group: IntArray
+    stratum: IntArray
+    x: FloatArray
+    dropped: int
+
+
+def local_summary(grid: TimeGrid, analysis: Analysis, rows: Prepared, query: Query) -> Additive:
+    """The fixed-shape summary a site releases for one query."""
+    if query.step in ("table", "logrank_parts"):
+        table = event_table(
+            grid,
+            rows.time,
+            rows.event,
+            rows.group,
+            rows.stratum,
+            n_groups=len(analysis.group_labels),
+            n_causes=len(analysis.causes) if analysis.kind == "cif" else 1,
+            n_strata=analysis.n_strata,
+            dropped=rows.dropped,
+        )
+        return table if query.step == "table" else parts_from_table(table, analysis.rho)
+    if query.step == "cox_moments":
+        return cox_moments(rows.x, rows.event, rows.dropped)
+    beta = np.asarray(query.beta, dtype=np.float64)
+    xc = rows.x - np.asarray(query.center, dtype=np.float64)
+    sums = cox_sums(grid, rows.time, rows.event, rows.stratum, xc, beta, analysis.n_strata)
+    if query.step == "cox_sums":
+        return sums
+    return derivs_from_sums(sums, beta, analysis.ties)

@@ -1,0 +1,74 @@
+"""Additive summaries: what a site releases and what secure aggregation adds.
+
+A summary is a frozen dataclass whose fields are all numpy arrays of a shape
+fixed by the study. Merging is element-wise addition and nothing else, which
+is what lets the sum be computed under secure aggregation and what makes the
+pooled estimate independent of how rows were split across sites.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, Self, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class Additive:
+    """Mixin for frozen dataclasses of arrays; gives ``+``, layout and flattening."""
+
+    def arrays(self) -> dict[str, NDArray[Any]]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        """Names, shapes and dtypes: public, fixed by the study, equal at every site."""
+        return tuple((k, tuple(v.shape), v.dtype.str) for k, v in self.arrays().items())
+
+    def __add__(self, other: Self) -> Self:
+        if type(other) is not type(self) or other.layout() != self.layout():
+            raise ValueError(
+                f"cannot add summaries of different layouts: {self.layout()} vs "
+                f"{getattr(other, 'layout', lambda: type(other).__name__)()}"
+            )
+        mine, theirs = self.arrays(), other.arrays()
+        return type(self)(**{k: mine[k] + theirs[k] for k in mine})
+
+    def flatten(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """All integer fields in one vector and all float fields in another."""
+        ints = [v.ravel() for v in self.arrays().values() if v.dtype.kind in "iu"]
+        floats = [v.ravel() for v in self.arrays().values() if v.dtype.kind == "f"]
+        return (
+            np.concatenate(ints).astype(np.int64) if ints else np.zeros(0, np.int64),
+            np.concatenate(floats).astype(np.float64) if floats else np.zeros(0, np.float64),
+        )
+
+    def unflatten(self, ints: NDArray[np.int64], floats: NDArray[np.float64]) -> Self:
+        """A summary of this layout filled from flat vectors (e.g. a secure sum)."""
+        out: dict[str, NDArray[Any]] = {}
+        pos = {"i": 0, "f": 0}
+        for name, value in self.arrays().items():
+            kind = "f" if value.dtype.kind == "f" else "i"
+            src = floats if kind == "f" else ints
+            start = pos[kind]
+            pos[kind] += value.size
+            out[name] = np.asarray(src[start : pos[kind]], dtype=value.dtype).reshape(value.shape)
+        if pos["i"] != len(ints) or pos["f"] != len(floats):
+            raise ValueError("flat vectors do not match the summary layout")
+        return type(self)(**out)
+
+
+T = TypeVar("T", bound=Additive)
+
+
+def merge(summaries: Iterable[T]) -> T:
+    """The pooled summary: the element-wise sum of the sites' summaries."""
+    it = iter(summaries)
+    try:
+        total = next(it)
+    except StopIteration:
+        raise ValueError("merge needs at least one summary") from None
+    for s in it:
+        total = total + s
+    return total
