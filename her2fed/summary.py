@@ -46,16 +46,22 @@ class Additive:
 
     def unflatten(self, ints: NDArray[np.int64], floats: NDArray[np.float64]) -> Self:
         """A summary of this layout filled from flat vectors (e.g. a secure sum)."""
+        fields = self.arrays()
+        want_i = sum(v.size for v in fields.values() if v.dtype.kind != "f")
+        want_f = sum(v.size for v in fields.values() if v.dtype.kind == "f")
+        if (len(ints), len(floats)) != (want_i, want_f):
+            raise ValueError(
+                f"flat vectors of length {len(ints)}/{len(floats)} do not match the summary "
+                f"layout ({want_i}/{want_f})"
+            )
         out: dict[str, NDArray[Any]] = {}
         pos = {"i": 0, "f": 0}
-        for name, value in self.arrays().items():
+        for name, value in fields.items():
             kind = "f" if value.dtype.kind == "f" else "i"
             src = floats if kind == "f" else ints
             start = pos[kind]
             pos[kind] += value.size
             out[name] = np.asarray(src[start : pos[kind]], dtype=value.dtype).reshape(value.shape)
-        if pos["i"] != len(ints) or pos["f"] != len(floats):
-            raise ValueError("flat vectors do not match the summary layout")
         return type(self)(**out)
 
 

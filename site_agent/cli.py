@@ -19,7 +19,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     tables = {}
     for name, path in cfg.tables.items():
         try:
-            df = load_table(path)
+            df = load_table(path, f"{cfg.path} [data.{name}]")
         except Her2fedError as err:
             problems += 1
             print(f"  [FAIL] table {name}: {err}")

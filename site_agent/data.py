@@ -19,13 +19,13 @@ from her2fed.protocol import Prepared
 from her2fed.study import Analysis
 
 
-def load_table(path: Path) -> pd.DataFrame:
+def load_table(path: Path, declared_in: str = "the site config") -> pd.DataFrame:
     """Read a CSV or Parquet table; unreadable files raise ``DataError``."""
     if not path.exists():
         raise DataError(
             str(path),
             "file not found",
-            "check the path in the site config (it is relative to the config file)",
+            f"check the path given in {declared_in} (it is relative to the config file)",
         )
     try:
         if path.suffix.lower() == ".parquet":

@@ -41,7 +41,9 @@ class SiteAgent:
                     f"the study reads dataset {name!r}, which this site does not declare",
                     f'add [data.{name}] path = "{name}.csv" to the site config',
                 )
-            self._tables[name] = load_table(self.config.tables[name])
+            self._tables[name] = load_table(
+                self.config.tables[name], f"{self.config.path} [data.{name}]"
+            )
         return self._tables[name]
 
     def rows(self, analysis_id: str) -> Prepared:

@@ -34,7 +34,7 @@ def analysis(**spec: Any) -> Analysis:
     return parse_analysis(spec, "test")
 
 
-def study_of(*analyses: Analysis, grid_days: int = 1, horizon_days: int = 100_000) -> Study:
+def study_of(*analyses: Analysis, grid_days: int = 1, horizon_days: int = 4000) -> Study:
     return Study("test", TimeGrid(grid_days, horizon_days), tuple(analyses))
 
 

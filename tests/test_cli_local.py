@@ -1,0 +1,174 @@
+"""``her2fed local`` and ``her2fed site check`` as a user runs them (real processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXE = str(Path(sys.executable).parent / "her2fed")
+STUDY = ROOT / "examples" / "demo" / "study.toml"
+SITES = ("athens", "oslo", "munich")
+
+
+def sh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=False, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    made = sh(sys.executable, "examples/demo/make_sites.py", str(out / "sites"))
+    assert made.returncode == 0, made.stderr
+    proc = sh(
+        EXE,
+        "local",
+        str(STUDY),
+        *[a for s in SITES for a in ("--site", f"{s}={out / 'sites' / s / 'site.toml'}")],
+        "--out",
+        str(out / "run"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "round 1" in proc.stderr and "wrote" in proc.stderr  # progress is shown
+    assert "rfs_cox" in proc.stdout  # the summary table
+    return out
+
+
+def results(demo: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((demo / "run" / "results.json").read_text())
+    return doc
+
+
+def test_results_follow_the_contract(demo: Path) -> None:
+    doc = results(demo)
+    study = doc["study"]
+    assert study["hash"] == "sha256:" + hashlib.sha256(STUDY.read_bytes()).hexdigest()
+    assert study["sites"] == list(SITES)
+    a = doc["analyses"]
+    km = a["rfs_km_hormon"]
+    assert km["kind"] == "km" and km["per_site"] is None
+    for key in (
+        "time",
+        "n_risk",
+        "n_event",
+        "n_censor",
+        "surv",
+        "std_err",
+        "lower",
+        "upper",
+        "median",
+        "median_lower",
+        "median_upper",
+    ):
+        assert key in km["pooled"]["groups"]["no"], key
+    cox = a["rfs_cox"]["pooled"]
+    for key in (
+        "coef",
+        "se",
+        "z",
+        "p",
+        "hr",
+        "hr_lower",
+        "hr_upper",
+        "loglik_initial",
+        "loglik_final",
+        "iterations",
+        "lr_test",
+        "wald_test",
+        "score_test",
+    ):
+        assert key in cox, key
+    assert set(cox["coef"]) == {
+        "age",
+        "tsize",
+        "pnodes",
+        "progrec",
+        "horTh[yes]",
+        "tgrade[II]",
+        "tgrade[III]",
+    }
+    lr = a["rfs_logrank_grade"]["pooled"]
+    assert lr["df"] == 2 and set(lr["observed"]) == {"I", "II", "III"}
+    cif = a["progression_vs_death"]["pooled"]["groups"]["F"]
+    assert set(cif["cif"]) == {"1", "2"} and len(cif["cif"]["1"]) == len(cif["time"])
+
+
+def test_three_sites_equal_one_pooled_site(demo: Path, tmp_path: Path) -> None:
+    """The same study on one site holding every row gives the same numbers."""
+    pooled = tmp_path / "pooled"
+    pooled.mkdir()
+    for table in ("analysis", "competing"):
+        frames = [pd.read_csv(demo / "sites" / s / f"{table}.csv") for s in SITES]
+        pd.concat(frames).to_csv(pooled / f"{table}.csv", index=False)
+    (pooled / "site.toml").write_text(
+        '[site]\nid = "all"\ncountry = "EU"\n[data.analysis]\npath = "analysis.csv"\n'
+        '[data.competing]\npath = "competing.csv"\n'
+    )
+    proc = sh(
+        EXE,
+        "local",
+        str(STUDY),
+        "--site",
+        f"all={pooled / 'site.toml'}",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
+    assert proc.returncode == 0, proc.stderr
+    one = json.loads((tmp_path / "run" / "results.json").read_text())["analyses"]
+    fed = results(demo)["analyses"]
+    assert one["rfs_km_hormon"]["pooled"] == fed["rfs_km_hormon"]["pooled"]
+    assert one["progression_vs_death"]["pooled"] == fed["progression_vs_death"]["pooled"]
+    assert one["rfs_logrank_grade"]["pooled"] == fed["rfs_logrank_grade"]["pooled"]
+    for key in ("coef", "se"):
+        a, b = one["rfs_cox"]["pooled"][key], fed["rfs_cox"]["pooled"][key]
+        np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=1e-9)
+
+
+def test_site_check_passes_and_prints_aggregates_only(demo: Path, tmp_path: Path) -> None:
+    """A sentinel patient value planted in the data must not reach the screen."""
+    site = tmp_path / "athens"
+    site.mkdir()
+    for table in ("analysis", "competing"):
+        df = pd.read_csv(demo / "sites" / "athens" / f"{table}.csv")
+        if table == "analysis":
+            df.loc[0, "progrec"] = 7777771
+            df.loc[1, "time"] = 6666661
+        df.to_csv(site / f"{table}.csv", index=False)
+    (site / "site.toml").write_text((demo / "sites" / "athens" / "site.toml").read_text())
+    proc = sh(EXE, "site", "check", str(site / "site.toml"), "--study", str(STUDY))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "check passed" in proc.stdout
+    assert "[ OK ] analysis rfs_cox" in proc.stdout
+    assert "7777771" not in proc.stdout + proc.stderr
+    assert "6666661" not in proc.stdout + proc.stderr
+
+
+def test_site_check_reports_bad_data(demo: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    df = pd.read_csv(demo / "sites" / "oslo" / "analysis.csv")
+    df.loc[3, "time"] = -5
+    df.to_csv(bad / "analysis.csv", index=False)
+    (bad / "site.toml").write_text(
+        '[site]\nid = "b"\ncountry = "NO"\n[data.analysis]\npath = "analysis.csv"\n'
+    )
+    proc = sh(EXE, "site", "check", str(bad / "site.toml"), "--study", str(STUDY))
+    assert proc.returncode == 1
+    assert "negative time(s), first at data row 4" in proc.stdout
+    assert "dataset 'competing' not available" in proc.stdout
+    assert "check FAILED" in proc.stdout
+
+
+def test_help_is_there() -> None:
+    for args in (("--help",), ("local", "--help"), ("site", "check", "--help")):
+        proc = sh(EXE, *args)
+        assert proc.returncode == 0 and "usage: her2fed" in proc.stdout
