@@ -107,6 +107,7 @@ def _cox(r: CoxResult) -> dict[str, Any]:
         "n": r.n,
         "n_events": r.n_events,
         "n_dropped": r.n_dropped,
+        "warnings": list(r.warnings),
     }
 
 

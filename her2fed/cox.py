@@ -27,6 +27,9 @@ from her2fed.grid import FloatArray, IntArray, TimeGrid
 from her2fed.summary import Additive
 
 Ties = Literal["efron", "breslow"]
+# R coxph.control defaults used to flag coefficients that may be infinite.
+_INF_EPS = 1e-9
+_INF_TOL = float(np.sqrt(1e-9))
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,7 @@ class CoxResult:
     n_events: int
     n_dropped: int
     ties: Ties
+    warnings: tuple[str, ...] = ()
 
 
 def _chisq(stat: float, df: int) -> ChiSquareTest:
@@ -276,15 +280,31 @@ def cox_result(
     zc = float(norm.ppf(1 - (1 - conf_level) / 2))
     df = beta.size
     ll0, ll1 = float(outcome.initial.loglik[0]), float(outcome.final.loglik[0])
+    warnings: list[str] = []
+    if not outcome.converged:
+        warnings.append(
+            f"Newton-Raphson did not converge in {outcome.iterations} iterations; "
+            "a coefficient may be infinite"
+        )
+    # R's coxph check: the step Newton would still take is large next to the coefficient.
+    pending = np.abs(var @ outcome.final.grad)
+    for name, step, b in zip(names, pending, beta, strict=True):
+        if step > _INF_EPS and step > _INF_TOL * abs(b):
+            warnings.append(
+                f"coefficient {name!r} may be infinite: the likelihood keeps rising as it grows "
+                "(a level with no events, or a covariate that separates the events)"
+            )
+    with np.errstate(over="ignore"):
+        hr, hr_lower, hr_upper = np.exp(beta), np.exp(beta - zc * se), np.exp(beta + zc * se)
     return CoxResult(
         names=names,
         coef=beta,
         se=se,
         z=z,
         p=2 * norm.sf(np.abs(z)),
-        hr=np.exp(beta),
-        hr_lower=np.exp(beta - zc * se),
-        hr_upper=np.exp(beta + zc * se),
+        hr=hr,
+        hr_lower=hr_lower,
+        hr_upper=hr_upper,
         conf_level=conf_level,
         loglik_initial=ll0,
         loglik_final=ll1,
@@ -297,4 +317,5 @@ def cox_result(
         n_events=int(moments.n_events[0]),
         n_dropped=int(moments.dropped[0]),
         ties=ties,
+        warnings=tuple(warnings),
     )

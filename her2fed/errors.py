@@ -37,3 +37,11 @@ class DataError(SpecError):
 
 class EstimationError(Her2fedError):
     """The merged data do not allow the estimate (e.g. a singular Cox information)."""
+
+
+class ProtocolError(Her2fedError):
+    """A query that the approved study does not allow (unknown analysis, wrong step or shape).
+
+    Sites refuse such queries instead of computing something: a query is data
+    to be checked, never an instruction to be trusted.
+    """

@@ -14,6 +14,7 @@ import numpy as np
 
 from her2fed.counts import event_table
 from her2fed.cox import cox_moments, cox_sums, derivs_from_sums
+from her2fed.errors import ProtocolError
 from her2fed.grid import FloatArray, IntArray, TimeGrid
 from her2fed.logrank import parts_from_table
 from her2fed.study import Analysis
@@ -28,6 +29,36 @@ class Query:
     step: Step
     beta: tuple[float, ...] = ()
     center: tuple[float, ...] = ()
+
+
+def allowed_steps(analysis: Analysis) -> tuple[Step, ...]:
+    """The only steps a site computes for this analysis."""
+    if analysis.kind == "cox":
+        return ("cox_moments", "cox_derivs" if analysis.strata_by_site else "cox_sums")
+    if analysis.kind == "logrank" and analysis.strata_by_site:
+        return ("logrank_parts",)
+    return ("table",)
+
+
+def check_query(analysis: Analysis, query: Query) -> None:
+    """Refuse a query whose step or parameters do not fit the analysis."""
+    allowed = allowed_steps(analysis)
+    if query.step not in allowed:
+        raise ProtocolError(
+            f"query step {query.step!r} is not allowed for analysis {analysis.id!r} "
+            f"(kind {analysis.kind}); allowed: {list(allowed)}"
+        )
+    p = len(analysis.coef_names)
+    needs_beta = query.step in ("cox_sums", "cox_derivs")
+    if needs_beta and (len(query.beta) != p or len(query.center) != p):
+        raise ProtocolError(
+            f"query for analysis {analysis.id!r} carries {len(query.beta)} coefficients and "
+            f"{len(query.center)} centres; the study declares {p}"
+        )
+    if not needs_beta and (query.beta or query.center):
+        raise ProtocolError(f"step {query.step!r} takes no coefficients")
+    if not all(np.isfinite(v) for v in (*query.beta, *query.center)):
+        raise ProtocolError(f"query for analysis {analysis.id!r} carries non-finite numbers")
 
 
 def first_step(analysis: Analysis) -> Step:
@@ -58,6 +89,7 @@ class Prepared:
 
 def local_summary(grid: TimeGrid, analysis: Analysis, rows: Prepared, query: Query) -> Additive:
     """The fixed-shape summary a site releases for one query."""
+    check_query(analysis, query)
     if query.step in ("table", "logrank_parts"):
         table = event_table(
             grid,

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from her2fed.errors import DataError
+from her2fed.errors import DataError, ProtocolError
 from her2fed.protocol import Prepared, Query, local_summary
-from her2fed.study import Study
+from her2fed.study import Analysis, Study
 from her2fed.summary import Additive
 from site_agent.config import SiteConfig
 from site_agent.data import load_table, prepare
@@ -46,9 +46,18 @@ class SiteAgent:
             )
         return self._tables[name]
 
+    def analysis(self, analysis_id: str) -> Analysis:
+        try:
+            return self.study.analysis(analysis_id)
+        except KeyError:
+            raise ProtocolError(
+                f"query names analysis {analysis_id!r}, which is not in the study this site "
+                "accepted; refused"
+            ) from None
+
     def rows(self, analysis_id: str) -> Prepared:
         if analysis_id not in self._rows:
-            analysis = self.study.analysis(analysis_id)
+            analysis = self.analysis(analysis_id)
             path = self.config.tables.get(analysis.dataset, self.config.path)
             self._rows[analysis_id] = prepare(self.table(analysis.dataset), analysis, str(path))
         return self._rows[analysis_id]
@@ -56,7 +65,7 @@ class SiteAgent:
     def answer(self, queries: Sequence[Query]) -> list[Additive]:
         return [
             local_summary(
-                self.study.grid, self.study.analysis(q.analysis_id), self.rows(q.analysis_id), q
+                self.study.grid, self.analysis(q.analysis_id), self.rows(q.analysis_id), q
             )
             for q in queries
         ]

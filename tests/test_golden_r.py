@@ -156,3 +156,26 @@ def test_cox(case_id: str, sites: int) -> None:
     close(res.score_test.stat, case["score_test"]["stat"], rtol=1e-6)
     close(res.wald_test.stat, case["wald_test"]["stat"], rtol=1e-6)
     close(res.lr_test.stat, case["lr_test"]["stat"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("case_id", sorted(GOLDEN["cif"]))
+def test_cif_equals_cmprsk_cuminc(case_id: str) -> None:
+    """Point estimates also agree with cmprsk::cuminc (whose variance differs by design)."""
+    case = GOLDEN["cif"][case_id]
+    df = load(case["dataset"])
+    res = run_one(
+        analysis(
+            kind="cif", time=case["time"], event=case["event"], causes=[1, 2], **_by(case, df)
+        ),
+        split(df, 4, seed=19),
+    )
+    assert isinstance(res, CurvesResult)
+    for label, want in case["groups"].items():
+        got = res.groups[label]
+        for i, cause in enumerate(("1", "2")):
+            ref = want["cuminc"][cause]
+            # cuminc lists each jump twice (before/after); the last value at a time is the CIF
+            last = {t: e for t, e in zip(ref["time"], ref["est"], strict=True)}
+            times = np.array(sorted(t for t in last if t > 0))
+            idx = np.searchsorted(got.time, times)
+            close(got.cif[idx, i], [last[t] for t in times])  # type: ignore[union-attr]
