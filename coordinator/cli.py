@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,8 @@ def cmd_local(args: argparse.Namespace) -> int:
         raise SpecError(
             "--site", f"site names must be unique, got {names}", "give each site its own NAME"
         )
-    agents = []
-    for name, path in args.site:
-        cfg = load_site(path)
-        agents.append(
-            SiteAgent(
-                type(cfg)(cfg.path, name, cfg.country, cfg.tables, cfg.registry, cfg.policy), study
-            )
-        )
+    # the run names each site by its NAME on the command line
+    agents = [SiteAgent(replace(load_site(path), site_id=name), study) for name, path in args.site]
     transport = InProcessTransport(agents)
     started = time.perf_counter()
 

@@ -75,50 +75,87 @@ def cox_moments(x: FloatArray, event: IntArray, dropped: int) -> CoxMoments:
     )
 
 
-def _binned_sums(
-    cell: IntArray, n_cells: int, w: FloatArray, x: FloatArray
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    p = x.shape[1]
-    s0: FloatArray = np.bincount(cell, weights=w, minlength=n_cells).astype(np.float64)
-    s1: FloatArray = np.empty((n_cells, p))
-    s2: FloatArray = np.empty((n_cells, p, p))
-    for a in range(p):
-        wa = w * x[:, a]
-        s1[:, a] = np.bincount(cell, weights=wa, minlength=n_cells)
-        for b in range(a, p):
-            s2[:, a, b] = s2[:, b, a] = np.bincount(cell, weights=wa * x[:, b], minlength=n_cells)
-    return s0, s1, s2
+@dataclass(frozen=True)
+class CoxRows:
+    """A site's complete cases arranged once for every Newton step of a fit.
+
+    Rows are split into deaths and censorings (a subject leaves the risk set
+    in exactly one of the two, so exit sums = death sums + censoring sums and
+    each row is visited once per step) and the centred design is stored
+    transposed, so every covariate is one contiguous vector.
+    """
+
+    center: tuple[float, ...]
+    n_strata: int
+    n_bins: int
+    dead_cell: IntArray
+    dead_xt: FloatArray
+    cens_cell: IntArray
+    cens_xt: FloatArray
 
 
-def cox_sums(
+def cox_rows(
     grid: TimeGrid,
     time: FloatArray,
     event: IntArray,
     stratum: IntArray,
     x: FloatArray,
-    beta: FloatArray,
+    center: tuple[float, ...],
     n_strata: int,
-) -> CoxSums:
-    """A site's sums at ``beta``; ``x`` already centred with the pooled means."""
+) -> CoxRows:
+    """Arrange a site's rows for ``cox_sums``; ``center`` = pooled covariate means."""
     bins, ev = grid.bin(time, event)
-    nb = grid.n_bins
-    p = x.shape[1]
-    n_cells = n_strata * nb
-    cell = stratum * nb + bins
-    w = np.exp(x @ beta)
-    e_w, e_wx, e_wxx = _binned_sums(cell, n_cells, w, x)
+    cell = stratum * grid.n_bins + bins
+    xt = np.ascontiguousarray((x - np.asarray(center, dtype=np.float64)).T)
     dead = ev > 0
-    d_w, d_wx, d_wxx = _binned_sums(cell[dead], n_cells, w[dead], x[dead])
-    death_n = np.bincount(cell[dead], minlength=n_cells).astype(np.int64)
+    return CoxRows(
+        center=center,
+        n_strata=n_strata,
+        n_bins=grid.n_bins,
+        dead_cell=cell[dead],
+        dead_xt=np.ascontiguousarray(xt[:, dead]),
+        cens_cell=cell[~dead],
+        cens_xt=np.ascontiguousarray(xt[:, ~dead]),
+    )
+
+
+def _cell_sums(
+    cell: IntArray, n_cells: int, beta: FloatArray, xt: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per-cell sums of w, w*x and w*x*x^T with w = exp(x.beta); x given as rows of xt."""
+    p = xt.shape[0]
+    lin = np.zeros(xt.shape[1])
+    for a in range(p):  # p axpy's: no BLAS thread start-up on a matrix-vector product
+        lin += beta[a] * xt[a]
+    w = np.exp(lin)
+    s0: FloatArray = np.bincount(cell, weights=w, minlength=n_cells).astype(np.float64)
+    s1: FloatArray = np.empty((n_cells, p))
+    s2: FloatArray = np.empty((n_cells, p, p))
+    for a in range(p):
+        wa = w * xt[a]
+        s1[:, a] = np.bincount(cell, weights=wa, minlength=n_cells)
+        for b in range(a, p):
+            s2[:, a, b] = s2[:, b, a] = np.bincount(cell, weights=wa * xt[b], minlength=n_cells)
+    return s0, s1, s2
+
+
+def cox_sums(rows: CoxRows, beta: FloatArray) -> CoxSums:
+    """A site's risk-set and tied-death sums at ``beta``."""
+    s, nb = rows.n_strata, rows.n_bins
+    p = rows.dead_xt.shape[0]
+    n_cells = s * nb
+    d_w, d_wx, d_wxx = _cell_sums(rows.dead_cell, n_cells, beta, rows.dead_xt)
+    c_w, c_wx, c_wxx = _cell_sums(rows.cens_cell, n_cells, beta, rows.cens_xt)
+    death_n = np.bincount(rows.dead_cell, minlength=n_cells).astype(np.int64)
     return CoxSums(
-        death_n=death_n.reshape(n_strata, nb),
-        exit_w=e_w.reshape(n_strata, nb),
-        exit_wx=e_wx.reshape(n_strata, nb, p),
-        exit_wxx=e_wxx.reshape(n_strata, nb, p, p),
-        death_w=d_w.reshape(n_strata, nb),
-        death_wx=d_wx.reshape(n_strata, nb, p),
-        death_wxx=d_wxx.reshape(n_strata, nb, p, p),
-        death_x=x[dead].sum(axis=0).astype(np.float64),
+        death_n=death_n.reshape(s, nb),
+        exit_w=(d_w + c_w).reshape(s, nb),
+        exit_wx=(d_wx + c_wx).reshape(s, nb, p),
+        exit_wxx=(d_wxx + c_wxx).reshape(s, nb, p, p),
+        death_w=d_w.reshape(s, nb),
+        death_wx=d_wx.reshape(s, nb, p),
+        death_wxx=d_wxx.reshape(s, nb, p, p),
+        death_x=rows.dead_xt.sum(axis=1),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 
 from her2fed.counts import event_table
-from her2fed.cox import cox_moments, cox_sums, derivs_from_sums
+from her2fed.cox import CoxRows, cox_moments, cox_rows, cox_sums, derivs_from_sums
 from her2fed.errors import ProtocolError
 from her2fed.grid import FloatArray, IntArray, TimeGrid
 from her2fed.logrank import parts_from_table
@@ -87,8 +87,19 @@ class Prepared:
     dropped: int
 
 
-def local_summary(grid: TimeGrid, analysis: Analysis, rows: Prepared, query: Query) -> Additive:
-    """The fixed-shape summary a site releases for one query."""
+def local_summary(
+    grid: TimeGrid,
+    analysis: Analysis,
+    rows: Prepared,
+    query: Query,
+    cox_cache: dict[str, CoxRows] | None = None,
+) -> Additive:
+    """The fixed-shape summary a site releases for one query.
+
+    ``cox_cache`` (kept by the caller per site) holds each Cox analysis's rows
+    arranged for the current centre, so Newton steps after the first do not
+    redo that work.
+    """
     check_query(analysis, query)
     if query.step in ("table", "logrank_parts"):
         table = event_table(
@@ -105,9 +116,15 @@ def local_summary(grid: TimeGrid, analysis: Analysis, rows: Prepared, query: Que
         return table if query.step == "table" else parts_from_table(table, analysis.rho)
     if query.step == "cox_moments":
         return cox_moments(rows.x, rows.event, rows.dropped)
+    cache = {} if cox_cache is None else cox_cache
+    arranged = cache.get(analysis.id)
+    if arranged is None or arranged.center != query.center:
+        arranged = cox_rows(
+            grid, rows.time, rows.event, rows.stratum, rows.x, query.center, analysis.n_strata
+        )
+        cache[analysis.id] = arranged
     beta = np.asarray(query.beta, dtype=np.float64)
-    xc = rows.x - np.asarray(query.center, dtype=np.float64)
-    sums = cox_sums(grid, rows.time, rows.event, rows.stratum, xc, beta, analysis.n_strata)
+    sums = cox_sums(arranged, beta)
     if query.step == "cox_sums":
         return sums
     return derivs_from_sums(sums, beta, analysis.ties)

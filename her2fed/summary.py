@@ -26,12 +26,17 @@ class Additive:
         """Names, shapes and dtypes: public, fixed by the study, equal at every site."""
         return tuple((k, tuple(v.shape), v.dtype.str) for k, v in self.arrays().items())
 
-    def __add__(self, other: Self) -> Self:
-        if type(other) is not type(self) or other.layout() != self.layout():
+    def require_same_layout(self, other: object) -> None:
+        """Refuse to combine summaries of different types or shapes."""
+        if not isinstance(other, Additive) or type(other) is not type(self):
+            raise ValueError(f"cannot add a {type(other).__name__} to a {type(self).__name__}")
+        if other.layout() != self.layout():
             raise ValueError(
-                f"cannot add summaries of different layouts: {self.layout()} vs "
-                f"{getattr(other, 'layout', lambda: type(other).__name__)()}"
+                f"cannot add summaries of different layouts: {self.layout()} vs {other.layout()}"
             )
+
+    def __add__(self, other: Self) -> Self:
+        self.require_same_layout(other)
         mine, theirs = self.arrays(), other.arrays()
         return type(self)(**{k: mine[k] + theirs[k] for k in mine})
 
@@ -69,12 +74,18 @@ T = TypeVar("T", bound=Additive)
 
 
 def merge(summaries: Iterable[T]) -> T:
-    """The pooled summary: the element-wise sum of the sites' summaries."""
+    """The pooled summary: the element-wise sum of the sites' summaries.
+
+    Sums into one set of buffers instead of allocating a new summary per site.
+    """
     it = iter(summaries)
     try:
-        total = next(it)
+        first = next(it)
     except StopIteration:
         raise ValueError("merge needs at least one summary") from None
+    total = {k: v.copy() for k, v in first.arrays().items()}
     for s in it:
-        total = total + s
-    return total
+        first.require_same_layout(s)
+        for k, v in s.arrays().items():
+            np.add(total[k], v, out=total[k])
+    return type(first)(**total)

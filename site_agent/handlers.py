@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from her2fed.cox import CoxRows
 from her2fed.errors import DataError, ProtocolError
 from her2fed.protocol import Prepared, Query, local_summary
 from her2fed.study import Analysis, Study
@@ -28,6 +29,7 @@ class SiteAgent:
         self.study = study
         self._tables: dict[str, pd.DataFrame] = dict(tables or {})
         self._rows: dict[str, Prepared] = {}
+        self._cox_cache: dict[str, CoxRows] = {}
 
     @property
     def site_id(self) -> str:
@@ -65,7 +67,11 @@ class SiteAgent:
     def answer(self, queries: Sequence[Query]) -> list[Additive]:
         return [
             local_summary(
-                self.study.grid, self.analysis(q.analysis_id), self.rows(q.analysis_id), q
+                self.study.grid,
+                self.analysis(q.analysis_id),
+                self.rows(q.analysis_id),
+                q,
+                self._cox_cache,
             )
             for q in queries
         ]

@@ -1,0 +1,1 @@
+"""Benchmarks: run as scripts (``make bench``), never collected as tests."""
