@@ -20,7 +20,7 @@ lint: setup
 	$(VENV)/bin/mypy --strict $(PACKAGES)
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 demo: setup
 	$(PY) examples/demo/make_sites.py out/demo/sites
