@@ -22,9 +22,11 @@ lint: setup
 test: lint
 	$(PY) -m pytest
 
+DEMO_SITES := athens:GR:400,oslo:NO:700,munich:DE:600
+
 demo: setup
-	$(PY) examples/demo/make_sites.py out/demo/sites
-	$(VENV)/bin/her2fed local examples/demo/study.toml \
+	$(VENV)/bin/her2fed synth --out out/demo/sites --sites $(DEMO_SITES)
+	$(VENV)/bin/her2fed local examples/her2/study.toml \
 	  --site athens=out/demo/sites/athens/site.toml \
 	  --site oslo=out/demo/sites/oslo/site.toml \
 	  --site munich=out/demo/sites/munich/site.toml \

@@ -45,7 +45,7 @@ from her2fed.km import KMCurve
 from her2fed.protocol import Query
 from her2fed.study import Study, parse_analysis
 from her2fed.summary import Additive, merge
-from site_agent.config import SiteConfig
+from site_agent.config import Policy, SiteConfig
 from site_agent.handlers import SiteAgent
 
 T = TypeVar("T")
@@ -54,6 +54,8 @@ DATASET = "d"
 TIME, EVENT = "time", "event"
 HORIZON_DAYS = 3650
 COVARIATES = tuple(f"x{i}" for i in range(10))
+# the benchmark measures the statistics on a 1-day grid; policy is not what it times
+BENCH_POLICY = Policy(min_grid_days=1)
 # x0-x4 continuous, x5-x9 0/1; one true coefficient is zero on purpose.
 BINARY_P = (None, None, None, None, None, 0.5, 0.3, 0.2, 0.6, 0.1)
 TRUE_BETA = np.array([0.5, -0.4, 0.25, 0.1, 0.0, 0.6, -0.3, 0.35, -0.2, 0.15])
@@ -129,7 +131,11 @@ def cox_study() -> Study:
 def agents_for(study: Study, frames: Sequence[pd.DataFrame]) -> list[SiteAgent]:
     """Fresh agents, so no run reuses another's prepared rows."""
     return [
-        SiteAgent(SiteConfig(Path(f"site{i}.toml"), f"site{i}", "XX"), study, tables={DATASET: f})
+        SiteAgent(
+            SiteConfig(Path(f"site{i}.toml"), f"site{i}", "XX", policy=BENCH_POLICY),
+            study,
+            tables={DATASET: f},
+        )
         for i, f in enumerate(frames)
     ]
 

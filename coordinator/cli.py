@@ -25,6 +25,7 @@ from her2fed.errors import Her2fedError, SpecError
 from site_agent.cli import add_site_commands
 from site_agent.config import load_site
 from site_agent.handlers import SiteAgent
+from site_agent.synth import main as synth_main
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
@@ -77,6 +78,9 @@ def cmd_local(args: argparse.Namespace) -> int:
         horizon_days=study.grid.horizon_days,
         rounds=outcome.rounds,
         transport=args.transport,
+        aggregation=dict(outcome.aggregation),
+        rules=study.rules.as_dict() if study.uses_registry else None,
+        countries={a.site_id: a.config.country for a in agents},
     )
     out = Path(args.out) / "results.json"
     write_json_atomic(out, doc)
@@ -100,10 +104,20 @@ def summary_table(doc: dict[str, Any]) -> str:
             text = "; ".join(f"HR {k} {_fmt(v)}" for k, v in pooled["hr"].items())
         elif entry["kind"] == "logrank":
             text = f"chisq {_fmt(pooled['chisq'])} df {pooled['df']} p {_fmt(pooled['p'])}"
+        elif entry["kind"] == "attrition":
+            a1 = pooled["groups"]["all"]["A1"][0]["estimate"]
+            a3 = pooled["groups"]["all"]["A3"][0]["estimate"]
+            text = f"no 2L after 1L: A1 {_pct(a1)}, A3 {_pct(a3)} (all sites)"
+        elif entry["kind"] == "pathways":
+            text = f"{len(pooled['transitions'])} line-to-line flows"
         else:
             text = f"{len(pooled['groups'])} group(s)"
         lines.append(f"{aid:<28} {entry['kind']:<13} {text}")
     return "\n".join(lines)
+
+
+def _pct(v: Any) -> str:
+    return "NA" if v is None else f"{100 * v:.1f}%"
 
 
 def _fmt(v: Any) -> str:
@@ -140,10 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--quiet", action="store_true", help="no progress or summary output")
     local.set_defaults(func=cmd_local)
     add_site_commands(sub)
+    # `her2fed synth ...` is handed whole to the generator's own parser (see main)
+    sub.add_parser(
+        "synth", help="write synthetic multi-country HER2+ registry sites", add_help=False
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["synth"]:
+        return synth_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -15,6 +15,7 @@ class StudyOutcome:
     results: dict[str, Result]
     rounds: int
     sites: tuple[str, ...]
+    aggregation: dict[str, object]
 
 
 def run_study(
@@ -37,4 +38,4 @@ def run_study(
             run.receive(merged[pos : pos + n])
             pos += n
     results = {r.analysis.id: r.result for r in runs if r.result is not None}
-    return StudyOutcome(results, rounds, tuple(transport.sites()))
+    return StudyOutcome(results, rounds, tuple(transport.sites()), transport.describe())

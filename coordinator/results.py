@@ -15,9 +15,17 @@ from typing import Any
 import numpy as np
 
 import her2fed
+from her2fed.attrition import A3Result, AttritionCounts, Proportions, a1, a2, a4, reach
 from her2fed.cif import CIFCurve
 from her2fed.cox import ChiSquareTest, CoxResult
-from her2fed.estimate import CurvesResult, LogrankOutcome, Result
+from her2fed.endpoints import END_STATES
+from her2fed.estimate import (
+    AttritionResult,
+    CurvesResult,
+    LogrankOutcome,
+    PathwaysResult,
+    Result,
+)
 from her2fed.km import KMCurve, NACurve
 from her2fed.study import Analysis
 
@@ -111,7 +119,95 @@ def _cox(r: CoxResult) -> dict[str, Any]:
     }
 
 
+ATTRITION_DEFINITIONS = {
+    "A1": "no next line / patients who started line k",
+    "A2": "no next line / patients who finished line k (still on treatment removed)",
+    "A3": "1 - cumulative incidence of a next line at 5 years (death competing)",
+    "A4": "no next line and death within 6 months of the end of line k / patients whose "
+    "line k ended",
+    "reach": "patients who reached line k / all patients",
+}
+
+
+def _props(p: Proportions, g: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "estimate": _num(float(p.estimate[g, k])),
+            "lower": _num(float(p.lower[g, k])),
+            "upper": _num(float(p.upper[g, k])),
+            "numerator": int(p.numerator[g, k]),
+            "denominator": int(p.denominator[g, k]),
+        }
+        for k in range(p.estimate.shape[1])
+    ]
+
+
+def _attrition_group(c: AttritionCounts, a3r: A3Result, g: int) -> dict[str, Any]:
+    return {
+        "patients": int(c.patients[g]),
+        "reached": _num(c.reached[g]),
+        "started": _num(c.started[g]),
+        "started_anti_her2": _num(c.started_anti_her2[g]),
+        "finished": _num(c.finished[g]),
+        "no_next": _num(c.no_next[g]),
+        "no_next_finished": _num(c.no_next_finished[g]),
+        "no_next_death_6m": _num(c.no_next_death[g]),
+        "end_states": {s: _num(c.end_state[g, :, i]) for i, s in enumerate(END_STATES)},
+        "A1": _props(a1(c), g),
+        "A2": _props(a2(c), g),
+        "A3": [
+            {
+                "estimate": _num(float(a3r.estimate[g, k])),
+                "lower": _num(float(a3r.lower[g, k])),
+                "upper": _num(float(a3r.upper[g, k])),
+                "std_err": _num(float(a3r.std_err[g, k])),
+            }
+            for k in range(a3r.estimate.shape[1])
+        ],
+        "A4": _props(a4(c), g),
+        "reach": _props(reach(c), g),
+    }
+
+
+def _attrition(r: AttritionResult, max_line: int) -> dict[str, Any]:
+    groups = {"all": _attrition_group(r.overall, r.a3_overall, 0)}
+    if r.labels != ("all",):
+        for g, label in enumerate(r.labels):
+            groups[label] = _attrition_group(r.counts, r.a3, g)
+    return {
+        "lines": [str(k) for k in range(1, max_line)] + [f"{max_line}+"],
+        "definitions": ATTRITION_DEFINITIONS,
+        "groups": groups,
+        "n_dropped": int(r.counts.dropped[0]),
+    }
+
+
+def _pathways(r: PathwaysResult, max_line: int) -> dict[str, Any]:
+    t = r.table
+    first = t.first.sum(axis=0)
+    trans = t.transitions.sum(axis=0)
+    targets = [*t.labels, *t.terminal_states]
+    transitions = [
+        {"from_line": k + 1, "from": t.labels[a], "to": targets[b], "count": int(trans[k, a, b])}
+        for k in range(trans.shape[0])
+        for a, b in zip(*np.nonzero(trans[k]), strict=True)
+    ]
+    return {
+        "lines": max_line,
+        "regimens": list(t.labels),
+        "terminal_states": list(t.terminal_states),
+        "first_line": {lab: int(first[i]) for i, lab in enumerate(t.labels) if first[i]},
+        "transitions": transitions,
+        "merged_into_other": list(t.merged),
+        "min_count": t.min_count,
+    }
+
+
 def pooled_json(analysis: Analysis, result: Result) -> dict[str, Any]:
+    if isinstance(result, AttritionResult):
+        return _attrition(result, analysis.max_line)
+    if isinstance(result, PathwaysResult):
+        return _pathways(result, analysis.max_line)
     if isinstance(result, CoxResult):
         return _cox(result)
     if isinstance(result, LogrankOutcome):
@@ -149,6 +245,9 @@ def results_document(
     horizon_days: int,
     rounds: int,
     transport: str,
+    aggregation: dict[str, Any] | None = None,
+    rules: dict[str, Any] | None = None,
+    countries: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     return {
         "study": {
@@ -159,7 +258,9 @@ def results_document(
             "horizon_days": horizon_days,
             "rounds": rounds,
             "transport": transport,
-            "aggregation": "plain sum (secure aggregation not yet enabled)",
+            "countries": countries or {},
+            "rule_set": rules,
+            "aggregation": aggregation,
             "software": {
                 "her2fed": her2fed.__version__,
                 "numpy": np.__version__,

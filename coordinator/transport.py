@@ -2,19 +2,29 @@
 
 ``aggregate`` takes the queries of one round and returns, per query, the sum
 of the sites' summaries. Nothing above this seam ever sees a single site's
-summary, so swapping the in-process sum for secure aggregation or a network
-changes no estimator.
+summary. The in-process transport runs the same secure-aggregation state
+machines the network uses: each site's summaries are flattened into one
+vector of public length, masked, and only the sum is unmasked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
 
 from her2fed.errors import Her2fedError
 from her2fed.protocol import Query
+from her2fed.secagg.driver import Consortium, SteppedSession, simulated_consortium
+from her2fed.secagg.errors import SessionAbortedError
+from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
 from her2fed.summary import Additive, merge
 from site_agent.handlers import SiteAgent
+
+MIN_SECURE_SITES = 3
 
 
 class SiteFailure(Her2fedError):
@@ -26,23 +36,94 @@ class SiteFailure(Her2fedError):
         super().__init__(f"site {site!r}: {reason}")
 
 
+class AggregationError(Her2fedError):
+    """Secure aggregation refused to release a sum (too few sites, a broken session)."""
+
+
 class Transport(Protocol):
     def sites(self) -> list[str]: ...
 
     def aggregate(self, queries: Sequence[Query]) -> list[Additive]: ...
 
+    def describe(self) -> dict[str, object]: ...
+
+
+@dataclass
+class SecureStats:
+    sessions: int = 0
+    rounds: int = 0
+    max_float_error: float = 0.0
+
+
+def _flatten(answers: Sequence[Additive]) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    parts = [a.flatten() for a in answers]
+    ints = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    floats = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float64)
+    return ints.astype(np.int64), floats.astype(np.float64)
+
+
+def _split(
+    templates: Sequence[Additive], ints: NDArray[np.int64], floats: NDArray[np.float64]
+) -> list[Additive]:
+    """Cut the summed vectors back into summaries of the (public) layouts."""
+    out: list[Additive] = []
+    i = f = 0
+    for t in templates:
+        ti, tf = t.flatten()
+        out.append(t.unflatten(ints[i : i + ti.size], floats[f : f + tf.size]))
+        i, f = i + ti.size, f + tf.size
+    return out
+
 
 class InProcessTransport:
-    """All site agents in this process; sums their answers in place."""
+    """All site agents in this process, summed under secure aggregation.
 
-    def __init__(self, agents: Sequence[SiteAgent]) -> None:
+    ``secure=False`` adds the summaries in the clear: for statistical tests on
+    fewer than three sites, never for a release (``results.json`` says which).
+    A session's vector length is fixed when it opens (the first round's
+    length); later rounds are zero-padded to it, and a round that is longer,
+    or one past ``rounds_per_session``, opens a new session.
+    """
+
+    def __init__(
+        self,
+        agents: Sequence[SiteAgent],
+        *,
+        secure: bool = True,
+        rng: RandomSource = SYSTEM_RANDOM,
+        rounds_per_session: int = 32,
+    ) -> None:
         names = [a.site_id for a in agents]
         if len(set(names)) != len(names):
             raise Her2fedError(f"site ids must be unique, got {names}")
+        if secure and len(agents) < MIN_SECURE_SITES:
+            raise AggregationError(
+                f"secure aggregation needs at least {MIN_SECURE_SITES} sites, got {len(agents)}: "
+                "with fewer, a pooled sum would reveal a site's data, so nothing is released. "
+                "Fix: add sites"
+            )
         self._agents = list(agents)
+        self.secure = secure
+        self._rng = rng
+        self._rounds_per_session = rounds_per_session
+        self._consortium: Consortium | None = simulated_consortium(names, rng) if secure else None
+        self._session: SteppedSession | None = None
+        self.stats = SecureStats()
 
     def sites(self) -> list[str]:
         return [a.site_id for a in self._agents]
+
+    def describe(self) -> dict[str, object]:
+        if not self.secure:
+            return {"method": "plain sum (not secure; tests only)"}
+        return {
+            "method": "pairwise-masked secure aggregation (Bonawitz et al. 2017, double "
+            "masking), in-process message passing",
+            "sessions": self.stats.sessions,
+            "rounds": self.stats.rounds,
+            "float_encoding": "fixed point, 3 x 32-bit limbs, 48 fractional bits",
+            "max_float_error_bound": self.stats.max_float_error,
+        }
 
     def aggregate(self, queries: Sequence[Query]) -> list[Additive]:
         answers: list[list[Additive]] = []
@@ -51,4 +132,45 @@ class InProcessTransport:
                 answers.append(agent.answer(queries))
             except Her2fedError as err:
                 raise SiteFailure(agent.site_id, str(err)) from None
-        return [merge(site[i] for site in answers) for i in range(len(queries))]
+        layouts = {tuple(a.layout() for a in site) for site in answers}
+        if len(layouts) != 1:
+            raise AggregationError("sites answered with different summary layouts; refused")
+        if not self.secure:
+            return [merge(site[i] for site in answers) for i in range(len(queries))]
+        return self._secure_sum(answers)
+
+    def _secure_sum(self, answers: list[list[Additive]]) -> list[Additive]:
+        assert self._consortium is not None
+        flat = {a.site_id: _flatten(ans) for a, ans in zip(self._agents, answers, strict=True)}
+        n_ints, n_floats = (len(v) for v in next(iter(flat.values())))
+        s = self._session
+        if (
+            s is None
+            or s.rounds_left == 0
+            or n_ints > s.config.n_ints
+            or n_floats > s.config.n_floats
+        ):
+            s = SteppedSession(
+                self._consortium,
+                n_ints=n_ints,
+                n_floats=n_floats,
+                n_rounds=self._rounds_per_session,
+                rng=self._rng,
+            )
+            self._session = s
+            self.stats.sessions += 1
+        pad_i, pad_f = s.config.n_ints - n_ints, s.config.n_floats - n_floats
+        inputs = {
+            site: (np.pad(i, (0, pad_i)), np.pad(f, (0, pad_f))) for site, (i, f) in flat.items()
+        }
+        try:
+            total = s.sum(inputs)
+        except SessionAbortedError as err:
+            self._session = None
+            raise AggregationError(f"secure aggregation aborted, nothing released: {err}") from None
+        self.stats.rounds += 1
+        self.stats.max_float_error = max(self.stats.max_float_error, total.float_error_bound)
+        dropped = sorted(set(flat) - set(total.contributors))
+        if dropped:
+            raise AggregationError(f"site(s) {dropped} dropped out of the secure sum")
+        return _split(answers[0], total.ints[:n_ints], total.floats[:n_floats])

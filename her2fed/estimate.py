@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from her2fed.attrition import A3Result, AttritionCounts, a3
 from her2fed.cif import CIFCurve, aalen_johansen
 from her2fed.counts import EventTable
 from her2fed.cox import (
@@ -29,7 +30,8 @@ from her2fed.errors import EstimationError
 from her2fed.grid import TimeGrid
 from her2fed.km import KMCurve, NACurve, kaplan_meier, nelson_aalen
 from her2fed.logrank import LogrankParts, LogrankResult, logrank_test, parts_from_table
-from her2fed.protocol import Query, Step, first_step
+from her2fed.pathways import PathwayCounts, SankeyTable, group_rare
+from her2fed.protocol import Query, Step, first_steps
 from her2fed.study import Analysis
 from her2fed.summary import Additive
 
@@ -52,7 +54,45 @@ class LogrankOutcome:
     n_dropped: int
 
 
-Result = CurvesResult | LogrankOutcome | CoxResult
+@dataclass(frozen=True)
+class AttritionResult:
+    """Pooled attrition counts per group and line slot, with A3 from the pooled CIF.
+
+    ``overall``/``a3_overall`` add all groups; with no ``by`` they equal the
+    single group ``all``.
+    """
+
+    labels: tuple[str, ...]
+    counts: AttritionCounts
+    a3: A3Result
+    overall: AttritionCounts
+    a3_overall: A3Result
+
+
+@dataclass(frozen=True)
+class PathwaysResult:
+    table: SankeyTable
+
+
+Result = CurvesResult | LogrankOutcome | CoxResult | AttritionResult | PathwaysResult
+
+
+def estimate_attrition(
+    analysis: Analysis, grid: TimeGrid, counts: AttritionCounts, table: EventTable
+) -> AttritionResult:
+    """A1, A2, A4 read the counts; A3 reads the merged next-line-vs-death table."""
+    pooled_table = EventTable(
+        events=table.events.sum(axis=1, keepdims=True),
+        censored=table.censored.sum(axis=1, keepdims=True),
+        dropped=table.dropped,
+    )
+    return AttritionResult(
+        labels=analysis.group_labels,
+        counts=counts,
+        a3=a3(table, grid),
+        overall=counts.overall(),
+        a3_overall=a3(pooled_table, grid),
+    )
 
 
 def estimate_table(analysis: Analysis, grid: TimeGrid, table: EventTable) -> Result:
@@ -100,7 +140,7 @@ class AnalysisRun:
         self.grid = grid
         self.result: Result | None = None
         self.rounds = 0
-        self._pending: list[Query] = [Query(analysis.id, first_step(analysis))]
+        self._pending: list[Query] = [Query(analysis.id, s) for s in first_steps(analysis)]
         self._moments: CoxMoments | None = None
         self._newton: Generator[np.ndarray, CoxDerivs, object] | None = None
         self._center: tuple[float, ...] = ()
@@ -116,10 +156,18 @@ class AnalysisRun:
     def receive(self, merged: Sequence[Additive]) -> None:
         """Take the merged answers to ``queries()`` and move to the next state."""
         self.rounds += 1
-        (summary,) = merged
         step = self._pending[0].step
         self._pending = []
-        if step == "table":
+        if step == "attrition_counts":
+            counts, table = merged
+            assert isinstance(counts, AttritionCounts) and isinstance(table, EventTable)
+            self.result = estimate_attrition(self.analysis, self.grid, counts, table)
+            return
+        (summary,) = merged
+        if step == "pathways":
+            assert isinstance(summary, PathwayCounts)
+            self.result = PathwaysResult(group_rare(summary, self.analysis.min_count))
+        elif step == "table":
             assert isinstance(summary, EventTable)
             self.result = estimate_table(self.analysis, self.grid, summary)
         elif step == "logrank_parts":

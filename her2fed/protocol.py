@@ -11,16 +11,28 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
+from her2fed.attrition import a3_event_table, attrition_counts
 from her2fed.counts import event_table
 from her2fed.cox import CoxRows, cox_moments, cox_rows, cox_sums, derivs_from_sums
 from her2fed.errors import ProtocolError
 from her2fed.grid import FloatArray, IntArray, TimeGrid
 from her2fed.logrank import parts_from_table
+from her2fed.pathways import pathway_counts
 from her2fed.study import Analysis
 from her2fed.summary import Additive
 
-Step = Literal["table", "logrank_parts", "cox_moments", "cox_sums", "cox_derivs"]
+Step = Literal[
+    "table",
+    "logrank_parts",
+    "cox_moments",
+    "cox_sums",
+    "cox_derivs",
+    "attrition_counts",
+    "attrition_cif",
+    "pathways",
+]
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,10 @@ class Query:
 
 def allowed_steps(analysis: Analysis) -> tuple[Step, ...]:
     """The only steps a site computes for this analysis."""
+    if analysis.kind == "attrition":
+        return ("attrition_counts", "attrition_cif")
+    if analysis.kind == "pathways":
+        return ("pathways",)
     if analysis.kind == "cox":
         return ("cox_moments", "cox_derivs" if analysis.strata_by_site else "cox_sums")
     if analysis.kind == "logrank" and analysis.strata_by_site:
@@ -61,13 +77,22 @@ def check_query(analysis: Analysis, query: Query) -> None:
         raise ProtocolError(f"query for analysis {analysis.id!r} carries non-finite numbers")
 
 
-def first_step(analysis: Analysis) -> Step:
-    """The step that opens an analysis (all analyses open in the same round)."""
+def first_steps(analysis: Analysis) -> tuple[Step, ...]:
+    """The steps that open an analysis (all analyses open in the same round)."""
     if analysis.kind == "cox":
-        return "cox_moments"
-    if analysis.kind == "logrank" and analysis.strata_by_site:
-        return "logrank_parts"
-    return "table"
+        return ("cox_moments",)
+    if analysis.kind == "attrition":
+        return ("attrition_counts", "attrition_cif")
+    return allowed_steps(analysis)
+
+
+@dataclass(frozen=True)
+class RegistryRows:
+    """A site's derived per-line rows with each row's (and patient's) group level."""
+
+    lines: pd.DataFrame
+    line_group: IntArray
+    patient_group: IntArray
 
 
 @dataclass(frozen=True)
@@ -85,6 +110,25 @@ class Prepared:
     stratum: IntArray
     x: FloatArray
     dropped: int
+
+
+def registry_summary(
+    grid: TimeGrid, analysis: Analysis, rows: RegistryRows, query: Query
+) -> Additive:
+    """Attrition and pathway counts: fixed shape (groups x line slots), additive."""
+    check_query(analysis, query)
+    n_groups = len(analysis.group_labels)
+    if query.step == "attrition_counts":
+        return attrition_counts(
+            rows.lines,
+            rows.line_group,
+            n_groups,
+            analysis.max_line,
+            patient_group_codes=rows.patient_group,
+        )
+    if query.step == "attrition_cif":
+        return a3_event_table(rows.lines, rows.line_group, n_groups, grid, analysis.max_line)
+    return pathway_counts(rows.lines, rows.line_group, n_groups, analysis.max_line)
 
 
 def local_summary(

@@ -12,24 +12,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+from her2fed.attrition import A3_HORIZON_DAYS
+from her2fed.catalog import ENDPOINTS
 from her2fed.cox import Ties
 from her2fed.errors import SpecError
 from her2fed.grid import TimeGrid
 from her2fed.km import CONF_TYPES, ConfType
 from her2fed.levels import Covariate, Levels, canon_level
+from her2fed.lot import RuleSet
 
-Kind = Literal["km", "nelson_aalen", "logrank", "cif", "cox"]
-KINDS: tuple[str, ...] = ("km", "nelson_aalen", "logrank", "cif", "cox")
-PLANNED_KINDS = ("attrition", "pathways")
+Kind = Literal["km", "nelson_aalen", "logrank", "cif", "cox", "attrition", "pathways"]
+KINDS: tuple[str, ...] = ("km", "nelson_aalen", "logrank", "cif", "cox", "attrition", "pathways")
+REGISTRY_KINDS = ("attrition", "pathways")
 REGISTRY = "registry"
 
-_COMMON = {"id", "kind", "dataset", "time", "event", "by", "strata"}
+_COMMON = {"id", "kind", "dataset", "time", "event", "endpoint", "lines", "by", "strata"}
 _ALLOWED: dict[str, set[str]] = {
     "km": _COMMON | {"conf_type", "conf_level", "quantiles"},
     "nelson_aalen": _COMMON,
     "logrank": _COMMON | {"rho"},
     "cif": _COMMON | {"causes"},
     "cox": _COMMON | {"covariates", "ties", "conf_level"},
+    "attrition": {"id", "kind", "dataset", "by", "max_line"},
+    "pathways": {"id", "kind", "dataset", "max_line", "min_count"},
 }
 
 
@@ -52,6 +57,10 @@ class Analysis:
     quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
     rho: float = 0.0
     causes: tuple[int, ...] = (1,)
+    endpoint: str | None = None
+    lines: tuple[int, ...] = ()
+    max_line: int = 4
+    min_count: int = 5
 
     @property
     def group_labels(self) -> tuple[str, ...]:
@@ -70,6 +79,8 @@ class Analysis:
 
     def columns(self) -> tuple[str, ...]:
         """Every data column the analysis reads."""
+        if self.kind in REGISTRY_KINDS:
+            return (self.by.column,) if self.by else ()
         cols = [self.time, self.event]
         cols += [self.by.column] if self.by else []
         cols += [s.column for s in self.strata]
@@ -82,6 +93,11 @@ class Study:
     name: str
     grid: TimeGrid
     analyses: tuple[Analysis, ...] = field(default_factory=tuple)
+    rules: RuleSet = field(default_factory=RuleSet)  # line-of-therapy rules every site applies
+
+    @property
+    def uses_registry(self) -> bool:
+        return any(a.dataset == REGISTRY for a in self.analyses)
 
     def analysis(self, analysis_id: str) -> Analysis:
         for a in self.analyses:
@@ -147,18 +163,81 @@ def _covariate(raw: Any, where: str) -> Covariate:
     return Covariate(lv.column, lv.levels, ref)
 
 
+def _registry_endpoint(
+    raw: Mapping[str, Any], kind: str, where: str
+) -> tuple[str, str, dict[str, Any]]:
+    """Time and event columns of a registry endpoint, plus its line filter."""
+    names = sorted(ENDPOINTS)
+    for key in ("time", "event"):
+        if key in raw:
+            raise SpecError(
+                f"{where}.{key}",
+                "registry analyses name an endpoint, not columns",
+                f"remove {key} and set endpoint to one of {names}",
+            )
+    endpoint = _need(raw, "endpoint", where, str, f"set endpoint to one of {names}")
+    info = ENDPOINTS.get(endpoint)
+    if info is None:
+        raise SpecError(
+            f"{where}.endpoint", f"unknown endpoint {endpoint!r}", f"use one of {names}"
+        )
+    kw: dict[str, Any] = {"endpoint": endpoint}
+    if info.competing:
+        if kind != "cif":
+            raise SpecError(
+                f"{where}.kind",
+                f"endpoint {endpoint!r} has competing causes (1 next line, 2 death)",
+                'use kind = "cif"',
+            )
+        if "causes" not in raw:
+            kw["causes"] = (1, 2)
+    if "lines" in raw:
+        lines = raw["lines"]
+        if not info.per_line:
+            raise SpecError(
+                f"{where}.lines",
+                f"endpoint {endpoint!r} has one row per patient",
+                "remove lines, or use a per-line endpoint such as os_from_line_start",
+            )
+        if (
+            not isinstance(lines, list)
+            or not lines
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in lines)
+        ):
+            raise SpecError(
+                f"{where}.lines",
+                f"must be a list of line numbers, got {lines!r}",
+                "e.g. lines = [2] for second-line patients",
+            )
+        kw["lines"] = tuple(lines)
+    return f"{endpoint}_time", f"{endpoint}_event", kw
+
+
+def _registry_kind_options(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if "max_line" in raw:
+        k = _need(raw, "max_line", where, int, "e.g. max_line = 4")
+        if not 1 <= k <= 10:
+            raise SpecError(
+                f"{where}.max_line",
+                f"must be 1..10, got {k}",
+                "lines beyond it are top-coded into the last one; 4 is usual",
+            )
+        kw["max_line"] = k
+    if "min_count" in raw:
+        m = _need(raw, "min_count", where, int, "e.g. min_count = 5")
+        if m < 0:
+            raise SpecError(f"{where}.min_count", "must be >= 0", "e.g. min_count = 5")
+        kw["min_count"] = m
+    return kw
+
+
 def parse_analysis(raw: Any, where: str) -> Analysis:
     if not isinstance(raw, Mapping):
         raise SpecError(where, "must be a table", "write each analysis as an [[analysis]] table")
     aid = _need(raw, "id", where, str, 'give every analysis a unique id = "..."')
     where = f"{where} (id={aid!r})"
     kind = _need(raw, "kind", where, str, f"set kind to one of {list(KINDS)}")
-    if kind in PLANNED_KINDS:
-        raise SpecError(
-            f"{where}.kind",
-            f"kind {kind!r} needs the HER2+ registry schema, which this version does not read yet",
-            f"use one of {list(KINDS)}",
-        )
     if kind not in KINDS:
         raise SpecError(f"{where}.kind", f"unknown kind {kind!r}", f"use one of {list(KINDS)}")
     unknown = set(raw) - _ALLOWED[kind]
@@ -169,14 +248,29 @@ def parse_analysis(raw: Any, where: str) -> Analysis:
             f"remove them or use only {sorted(_ALLOWED[kind])}",
         )
     dataset = _need(raw, "dataset", where, str, 'name the site table, e.g. dataset = "analysis"')
-    if dataset == REGISTRY:
-        raise SpecError(
-            f"{where}.dataset",
-            "the HER2+ registry dataset (endpoints) is not available in this version",
-            "use a generic table the sites declare",
-        )
-    time = _need(raw, "time", where, str, 'name the follow-up time column, e.g. time = "days"')
-    event = _need(raw, "event", where, str, 'name the event column, e.g. event = "status"')
+    kw: dict[str, Any] = {}
+    if kind in REGISTRY_KINDS:
+        if dataset != REGISTRY:
+            raise SpecError(
+                f"{where}.dataset",
+                f"kind {kind!r} reads the HER2+ registry",
+                'set dataset = "registry"',
+            )
+        time, event = "", ""
+        kw.update(_registry_kind_options(raw, where))
+    elif dataset == REGISTRY:
+        time, event, reg = _registry_endpoint(raw, kind, where)
+        kw.update(reg)
+    else:
+        for key in ("endpoint", "lines"):
+            if key in raw:
+                raise SpecError(
+                    f"{where}.{key}",
+                    'applies only to dataset = "registry"',
+                    "remove it, or name time and event columns of your table",
+                )
+        time = _need(raw, "time", where, str, 'name the follow-up time column, e.g. time = "days"')
+        event = _need(raw, "event", where, str, 'name the event column, e.g. event = "status"')
     by = _levels(raw["by"], f"{where}.by") if "by" in raw else None
     strata: tuple[Levels, ...] = ()
     by_site = False
@@ -191,7 +285,6 @@ def parse_analysis(raw: Any, where: str) -> Analysis:
             f'must be "site" or a list of tables, got {raw_strata!r}',
             'write strata = "site" or strata = [{ column = "c", levels = [1, 2] }]',
         )
-    kw: dict[str, Any] = {}
     if kind == "logrank":
         if by is None or len(by.levels) < 2:
             raise SpecError(
@@ -228,7 +321,7 @@ def parse_analysis(raw: Any, where: str) -> Analysis:
                     "e.g. quantiles = [0.25, 0.5, 0.75]",
                 )
             kw["quantiles"] = tuple(float(q) for q in qs)
-    if kind == "cif":
+    if kind == "cif" and "causes" not in kw:
         causes = _need(raw, "causes", where, list, "list the event codes, e.g. causes = [1, 2]")
         if not causes or not all(
             isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in causes
@@ -257,10 +350,12 @@ def parse_analysis(raw: Any, where: str) -> Analysis:
 
 def parse_study(doc: Mapping[str, Any]) -> Study:
     """A validated ``Study`` from a study document (already read from TOML)."""
-    unknown = set(doc) - {"study", "analysis"}
+    unknown = set(doc) - {"study", "analysis", "lot"}
     if unknown:
         raise SpecError(
-            "", f"unknown top-level table(s) {sorted(unknown)}", "use only [study] and [[analysis]]"
+            "",
+            f"unknown top-level table(s) {sorted(unknown)}",
+            "use only [study], [lot] and [[analysis]]",
         )
     head = doc.get("study")
     if not isinstance(head, Mapping):
@@ -300,4 +395,32 @@ def parse_study(doc: Mapping[str, Any]) -> Study:
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise SpecError("analysis", f"duplicate id(s) {dup}", "give every analysis a unique id")
-    return Study(name, grid, analyses)
+    for a in analyses:
+        if a.kind == "attrition" and grid.horizon_days < A3_HORIZON_DAYS:
+            raise SpecError(
+                "study.horizon_days",
+                f"attrition definition A3 reads the next-line CIF at {A3_HORIZON_DAYS} days, "
+                f"beyond the study horizon of {grid.horizon_days}",
+                f"set horizon_days >= {A3_HORIZON_DAYS}",
+            )
+    return Study(name, grid, analyses, _rules(doc.get("lot", {})))
+
+
+_RULE_KEYS = ("window_days", "gap_days", "continuing_days")
+
+
+def _rules(raw: Any) -> RuleSet:
+    """The study's line-of-therapy parameters; anything not given keeps the default."""
+    if not isinstance(raw, Mapping):
+        raise SpecError("lot", "must be a table", "write [lot] with window_days = 28 etc.")
+    unknown = set(raw) - set(_RULE_KEYS)
+    if unknown:
+        raise SpecError("lot", f"unknown key(s) {sorted(unknown)}", f"use {list(_RULE_KEYS)}")
+    for key, value in raw.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SpecError(
+                f"lot.{key}",
+                f"must be a whole number of days >= 1, got {value!r}",
+                f"e.g. {key} = {getattr(RuleSet(), key)}",
+            )
+    return RuleSet(**raw)

@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import pandas as pd
+
 from her2fed.errors import Her2fedError
-from site_agent.config import load_site
-from site_agent.data import describe, load_table, prepare
+from her2fed.lot import RuleSet
+from her2fed.protocol import RegistryRows
+from site_agent.config import SiteConfig, load_site
+from site_agent.data import describe, load_table
+from site_agent.derived import derive_registry
+from site_agent.handlers import SiteAgent
+from site_agent.policy import check_study
+from site_agent.registry import load_registry
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -28,39 +36,102 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  [ OK ] table {name}: {path.name}, {len(df)} rows, {len(df.columns)} columns")
         for col, present, missing in describe(df, list(df.columns)):
             print(f"         {col:<24} {present:>8} present {missing:>8} missing")
-    for name, path in cfg.registry.items():
-        state = "present" if path.exists() else "MISSING"
-        problems += 0 if path.exists() else 1
-        print(
-            f"  [{'INFO' if path.exists() else 'FAIL'}] registry {name}: {path.name} {state} "
-            "(registry validation arrives with the HER2+ schema)"
-        )
+    frames: dict[str, pd.DataFrame] | None = None
+    if cfg.registry:
+        bad, frames = _check_registry(cfg)
+        problems += bad
     if args.study:
-        from coordinator.study import load_study
+        problems += _check_study(cfg, args.study, tables, frames)
+    print("check passed" if problems == 0 else f"check FAILED: {problems} problem(s)")
+    return 0 if problems == 0 else 1
 
-        study = load_study(args.study).study
-        for analysis in study.analyses:
-            if analysis.dataset not in tables:
-                problems += 1
-                print(
-                    f"  [FAIL] analysis {analysis.id}: dataset {analysis.dataset!r} not available"
-                )
-                continue
-            try:
-                rows = prepare(
-                    tables[analysis.dataset], analysis, str(cfg.tables[analysis.dataset])
-                )
-            except Her2fedError as err:
-                problems += 1
-                print(f"  [FAIL] analysis {analysis.id}: {err}")
-                continue
+
+def _check_study(
+    cfg: SiteConfig,
+    study_path: str,
+    tables: dict[str, pd.DataFrame],
+    registry: dict[str, pd.DataFrame] | None,
+) -> int:
+    """Prepare every analysis exactly as a query would, reporting counts or the problem."""
+    from coordinator.study import load_study
+
+    study = load_study(study_path).study
+    problems = 0
+    try:
+        check_study(cfg.policy, study)
+        print("  [ OK ] the study passes this site's policy")
+    except Her2fedError as err:
+        problems += 1
+        print(f"  [FAIL] policy: {err}")
+    agent = SiteAgent(cfg, study, tables=tables, registry=registry)
+    for analysis in study.analyses:
+        try:
+            rows = agent.rows(analysis.id)
+        except Her2fedError as err:
+            problems += 1
+            print(f"  [FAIL] analysis {analysis.id}: {err}")
+            continue
+        if isinstance(rows, RegistryRows):
+            print(
+                f"  [ OK ] analysis {analysis.id}: {len(rows.patient_group)} patients, "
+                f"{len(rows.lines)} lines"
+            )
+        else:
             print(
                 f"  [ OK ] analysis {analysis.id}: {rows.time.size} complete rows, "
                 f"{rows.dropped} dropped for missing values, "
                 f"{int((rows.event > 0).sum())} events"
             )
-    print("check passed" if problems == 0 else f"check FAILED: {problems} problem(s)")
-    return 0 if problems == 0 else 1
+    return problems
+
+
+def _check_registry(cfg: SiteConfig) -> tuple[int, dict[str, pd.DataFrame] | None]:
+    """Validate the registry extract and derive lines; print aggregate counts only."""
+    try:
+        reg = load_registry(cfg.registry)
+    except Her2fedError as err:
+        print(f"  [FAIL] registry: {err}")
+        return 1, None
+    frames = {
+        "patients": reg.patients,
+        "treatments": reg.treatments,
+        "progressions": reg.progressions,
+        "care_events": reg.care_events,
+    }
+    for line in reg.report.lines():
+        print(f"  [ OK ] {line}" if line.startswith("registry ") else f"         {line}")
+    try:
+        derived = derive_registry(
+            reg.patients,
+            reg.treatments,
+            reg.progressions,
+            reg.care_events,
+            country=cfg.country,
+            rules=RuleSet(),
+        )
+    except Her2fedError as err:
+        print(f"  [FAIL] lines of therapy: {err}")
+        return 1, frames
+    lr = derived.lines_result
+    print(
+        f"  [ OK ] lines of therapy ({lr.rules.version}): {len(derived.patients)} HER2+ "
+        f"patients, {lr.n_patients_with_lines} with >= 1 line, {len(derived.lines)} lines; "
+        f"{derived.n_not_her2_positive} patients not HER2+ (outside the cohort)"
+    )
+    per_line = derived.lines["line"].value_counts().sort_index()
+    print("         patients per line: " + ", ".join(f"L{k} {v}" for k, v in per_line.items()))
+    if lr.n_unmapped:
+        names = ", ".join(f"{n} ({c})" for n, c in lr.unmapped.names[:10])
+        print(
+            f"  [WARN] {lr.n_unmapped} treatment row(s) with unmapped drug names (not used "
+            f"for lines): {names}"
+        )
+    if lr.agreement is not None and lr.agreement.n_compared:
+        print(
+            f"         agreement with clinician line numbers: {100 * lr.agreement.share:.1f}% "
+            f"of {lr.agreement.n_compared} administrations"
+        )
+    return 0, frames
 
 
 def add_site_commands(sub: Any) -> None:

@@ -27,6 +27,14 @@ class Policy:
     min_sites: int = 3
     min_grid_days: int = 30
     per_site_release: bool = False
+    max_levels: int = 40
+    cox_max_params_per_row: float = 0.33
+    cox_max_iterations: int = 50
+    # empty = everything the study may ask for
+    allowed_kinds: tuple[str, ...] = ()
+    allowed_datasets: tuple[str, ...] = ()
+    allowed_endpoints: tuple[str, ...] = ()
+    allowed_covariates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,18 @@ def _policy(raw: Any, path: Path) -> Policy:
                 f"use {sorted(defaults.__dataclass_fields__)}",
             )
         want = type(getattr(defaults, key))
-        if type(value) is not want or (want is int and value < 0):
+        if want is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise SpecError(
+                    _where(path, f"policy.{key}"),
+                    f"must be a list of names, got {value!r}",
+                    f'e.g. {key} = ["km", "cox"] (omit the key to allow everything)',
+                )
+            values[key] = tuple(value)
+            continue
+        if want is float and type(value) is int:
+            value = float(value)
+        if type(value) is not want or (want in (int, float) and value < 0):
             raise SpecError(
                 _where(path, f"policy.{key}"),
                 f"must be a {want.__name__}, got {value!r}",

@@ -13,15 +13,20 @@ import numpy as np
 import pandas as pd
 
 from coordinator.orchestrate import run_study
-from coordinator.transport import InProcessTransport
+from coordinator.transport import MIN_SECURE_SITES, InProcessTransport
 from her2fed.estimate import Result
 from her2fed.grid import TimeGrid
 from her2fed.study import Analysis, Study, parse_analysis
-from site_agent.config import SiteConfig
+from site_agent.config import Policy, SiteConfig
 from site_agent.handlers import SiteAgent
 
 DATA = Path(__file__).parent / "golden" / "data"
 DATASET = "d"
+# Statistical tests run on 1-day grids and on sites that may hold no rows; the
+# policy rules themselves are tested in test_policy.py.
+RESEARCH_POLICY = Policy(
+    min_grid_days=1, min_cohort=0, min_sites=1, cox_max_params_per_row=float("inf")
+)
 
 
 def load(name: str) -> pd.DataFrame:
@@ -47,13 +52,24 @@ def split(df: pd.DataFrame, n_sites: int, seed: int) -> list[pd.DataFrame]:
     return [shuffled[owner == s].reset_index(drop=True) for s in range(n_sites)]
 
 
-def run(study: Study, frames: list[pd.DataFrame]) -> dict[str, Result]:
-    agents = [
-        SiteAgent(SiteConfig(Path(f"site{i}.toml"), f"site{i}", "XX"), study, tables={DATASET: f})
-        for i, f in enumerate(frames)
-    ]
-    return run_study(study, InProcessTransport(agents)).results
+def site_config(i: int, policy: Policy = RESEARCH_POLICY) -> SiteConfig:
+    return SiteConfig(Path(f"site{i}.toml"), f"site{i}", "XX", policy=policy)
 
 
-def run_one(a: Analysis, frames: list[pd.DataFrame], **grid: int) -> Result:
-    return run(study_of(a, **grid), frames)[a.id]
+def run(study: Study, frames: list[pd.DataFrame], *, secure: bool = True) -> dict[str, Result]:
+    agents = [SiteAgent(site_config(i), study, tables={DATASET: f}) for i, f in enumerate(frames)]
+    # runs of three or more sites go through secure aggregation unless a test opts out
+    transport = InProcessTransport(agents, secure=secure and len(agents) >= MIN_SECURE_SITES)
+    return run_study(study, transport).results
+
+
+def run_one(a: Analysis, frames: list[pd.DataFrame], *, secure: bool = True, **grid: int) -> Result:
+    """One analysis over in-memory sites; the horizon defaults to the data's last time.
+
+    A horizon far beyond the data only adds empty grid bins, which cost time
+    under secure aggregation and change no estimate.
+    """
+    if "horizon_days" not in grid:
+        last = max((float(f[a.time].max()) for f in frames if len(f)), default=1.0)
+        grid["horizon_days"] = max(int(np.ceil(last)), grid.get("grid_days", 1))
+    return run(study_of(a, **grid), frames, secure=secure)[a.id]

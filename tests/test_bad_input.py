@@ -20,8 +20,8 @@ GOOD_STUDY = """
 [study]
 name = "t"
 time_unit = "day"
-grid_days = 1
-horizon_days = 100
+grid_days = 30
+horizon_days = 120
 
 [[analysis]]
 id = "km1"
@@ -50,7 +50,8 @@ def run_cli(
     path = tmp_path / "study.toml"
     path.write_text(study)
     out = tmp_path / "out"
-    code = main(["local", str(path), "--site", f"s1={site_toml}", "--out", str(out), "--quiet"])
+    sites = [arg for i in (1, 2, 3) for arg in ("--site", f"s{i}={site_toml}")]
+    code = main(["local", str(path), *sites, "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
     if code != 0:
         assert not (out / "results.json").exists(), "a failed run must not leave results"
@@ -66,9 +67,14 @@ def test_good_study_runs(tmp_path: Path, site: Path, capsys: pytest.CaptureFixtu
 
 STUDY_ERRORS = [
     (GOOD_STUDY.replace('kind = "km"', 'kind = "kaplan"'), "unknown kind 'kaplan'", "use one of"),
-    (GOOD_STUDY.replace('kind = "km"', 'kind = "attrition"'), "registry schema", "use one of"),
+    (GOOD_STUDY.replace('kind = "km"', 'kind = "attrition"'), "unknown key(s)", "max_line"),
+    (
+        GOOD_STUDY.replace('dataset = "analysis"', 'dataset = "registry"'),
+        "registry analyses name an endpoint",
+        "endpoint",
+    ),
     (GOOD_STUDY.replace("[study]", "[studdy]"), "unknown top-level", "[study]"),
-    (GOOD_STUDY.replace("grid_days = 1", "grid_days = 0"), "grid_days", "grid_days = 30"),
+    (GOOD_STUDY.replace("grid_days = 30", "grid_days = 0"), "grid_days", "grid_days = 30"),
     (
         GOOD_STUDY.replace('time = "week"', 'time = "week"\nconf_typ = "log"'),
         "unknown key(s) ['conf_typ']",
@@ -82,7 +88,7 @@ STUDY_ERRORS = [
     (GOOD_STUDY.replace("levels = [0, 1]", "levels = [0, 0]"), "has duplicates", "each level once"),
     (GOOD_STUDY.replace('kind = "km"', 'kind = "cox"'), "covariates", "covariates = ["),
     (
-        GOOD_STUDY.replace("horizon_days = 100", "horizon_days = 100\nx = ["),
+        GOOD_STUDY.replace("horizon_days = 120", "horizon_days = 120\nx = ["),
         "not valid TOML",
         "TOML syntax",
     ),

@@ -13,9 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from coordinator.orchestrate import run_study
+from coordinator.results import pooled_json
+from coordinator.study import load_study
+from coordinator.transport import InProcessTransport
+from site_agent.handlers import SiteAgent
+from tests.fedrun import site_config
+
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).parent / "her2fed")
-STUDY = ROOT / "examples" / "demo" / "study.toml"
+STUDY = ROOT / "examples" / "generic" / "study.toml"
 SITES = ("athens", "oslo", "munich")
 
 
@@ -26,7 +33,7 @@ def sh(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    made = sh(sys.executable, "examples/demo/make_sites.py", str(out / "sites"))
+    made = sh(sys.executable, "examples/generic/make_sites.py", str(out / "sites"))
     assert made.returncode == 0, made.stderr
     proc = sh(
         EXE,
@@ -101,36 +108,24 @@ def test_results_follow_the_contract(demo: Path) -> None:
     assert set(cif["cif"]) == {"1", "2"} and len(cif["cif"]["1"]) == len(cif["time"])
 
 
-def test_three_sites_equal_one_pooled_site(demo: Path, tmp_path: Path) -> None:
-    """The same study on one site holding every row gives the same numbers."""
-    pooled = tmp_path / "pooled"
-    pooled.mkdir()
-    for table in ("analysis", "competing"):
-        frames = [pd.read_csv(demo / "sites" / s / f"{table}.csv") for s in SITES]
-        pd.concat(frames).to_csv(pooled / f"{table}.csv", index=False)
-    (pooled / "site.toml").write_text(
-        '[site]\nid = "all"\ncountry = "EU"\n[data.analysis]\npath = "analysis.csv"\n'
-        '[data.competing]\npath = "competing.csv"\n'
-    )
-    proc = sh(
-        EXE,
-        "local",
-        str(STUDY),
-        "--site",
-        f"all={pooled / 'site.toml'}",
-        "--out",
-        str(tmp_path / "run"),
-        "--quiet",
-    )
-    assert proc.returncode == 0, proc.stderr
-    one = json.loads((tmp_path / "run" / "results.json").read_text())["analyses"]
+def test_three_sites_equal_one_pooled_site(demo: Path) -> None:
+    """The secure 3-site run gives the numbers of one site holding every row (plain sum)."""
+    loaded = load_study(STUDY)
+    tables = {
+        t: pd.concat([pd.read_csv(demo / "sites" / s / f"{t}.csv") for s in SITES])
+        for t in ("analysis", "competing")
+    }
+    agent = SiteAgent(site_config(0), loaded.study, tables=tables)
+    out = run_study(loaded.study, InProcessTransport([agent], secure=False))
+    one = {a.id: pooled_json(a, out.results[a.id]) for a in loaded.study.analyses}
     fed = results(demo)["analyses"]
-    assert one["rfs_km_hormon"]["pooled"] == fed["rfs_km_hormon"]["pooled"]
-    assert one["progression_vs_death"]["pooled"] == fed["progression_vs_death"]["pooled"]
-    assert one["rfs_logrank_grade"]["pooled"] == fed["rfs_logrank_grade"]["pooled"]
+    # counts travel as integers: bit-exact through secure aggregation
+    for aid in ("rfs_km_hormon", "progression_vs_death", "rfs_logrank_grade", "rfs_na"):
+        assert json.loads(json.dumps(one[aid])) == fed[aid]["pooled"], aid
     for key in ("coef", "se"):
-        a, b = one["rfs_cox"]["pooled"][key], fed["rfs_cox"]["pooled"][key]
+        a, b = one["rfs_cox"][key], fed["rfs_cox"]["pooled"][key]
         np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=1e-9)
+    assert results(demo)["study"]["aggregation"]["method"].startswith("pairwise-masked")
 
 
 def test_site_check_passes_and_prints_aggregates_only(demo: Path, tmp_path: Path) -> None:
@@ -164,7 +159,7 @@ def test_site_check_reports_bad_data(demo: Path, tmp_path: Path) -> None:
     proc = sh(EXE, "site", "check", str(bad / "site.toml"), "--study", str(STUDY))
     assert proc.returncode == 1
     assert "negative time(s), first at data row 4" in proc.stdout
-    assert "dataset 'competing' not available" in proc.stdout
+    assert 'add [data.competing] path = "competing.csv"' in proc.stdout
     assert "check FAILED" in proc.stdout
 
 

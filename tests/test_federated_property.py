@@ -4,7 +4,9 @@ Real datasets are dealt at random over 1-20 sites (some possibly empty); the
 federated result must equal the same estimator on the pooled rows - ours on
 a single site (bit for bit for everything computed from counts, to float
 tolerance for Cox whose sums are added in a different order) and lifelines
-on the raw pooled rows.
+on the raw pooled rows. Most properties check the statistics over the plain
+in-process sum; ``test_secure_federated_equals_pooled`` checks that secure
+aggregation changes none of it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from lifelines.statistics import multivariate_logrank_test
 from her2fed.cox import CoxResult
 from her2fed.estimate import CurvesResult, LogrankOutcome, Result
 from tests.fedrun import analysis, load, run_one, split
+from tests.fedrun import run_one as run_plain
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -120,9 +123,24 @@ def assert_same(a: Result, b: Result, cox_rtol: float = 1e-9) -> None:
 def test_federated_equals_pooled(name: str, sites: int, seed: int, kind: str) -> None:
     df = FRAMES[name]
     a = analysis(**spec(name, kind))
-    pooled = run_one(a, [df])
-    federated = run_one(a, split(df, sites, seed))
+    pooled = run_one(a, [df], secure=False)
+    federated = run_one(a, split(df, sites, seed), secure=False)
     assert_same(federated, pooled, cox_rtol=1e-8)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=datasets,
+    sites=st.integers(3, 12),
+    seed=seeds,
+    kind=st.sampled_from(["km", "nelson_aalen", "logrank", "cox"]),
+)
+def test_secure_federated_equals_pooled(name: str, sites: int, seed: int, kind: str) -> None:
+    """Through pairwise-masked secure aggregation: counts bit-exact, Cox to 1e-8."""
+    df = FRAMES[name]
+    a = analysis(**spec(name, kind))
+    pooled = run_one(a, [df], secure=False)
+    assert_same(run_one(a, split(df, sites, seed), secure=True), pooled, cox_rtol=1e-8)
 
 
 @SETTINGS
@@ -131,7 +149,7 @@ def test_cif_federated_equals_pooled(sites: int, seed: int, by_sex: bool) -> Non
     df = load("mgus2")
     extra = {"by": {"column": "sex", "levels": ["F", "M"]}} if by_sex else {}
     a = analysis(kind="cif", time="etime", event="event", causes=[1, 2], **extra)
-    assert_same(run_one(a, split(df, sites, seed)), run_one(a, [df]))
+    assert_same(run_one(a, split(df, sites, seed), secure=False), run_one(a, [df], secure=False))
 
 
 @SETTINGS
@@ -147,6 +165,10 @@ def test_metamorphic_row_site_order_and_splitting(
     df = FRAMES[name]
     a = analysis(**spec(name, kind))
     frames = split(df, sites, seed)
+
+    def run_one(a: Any, frames: list[pd.DataFrame]) -> Result:  # plain sums: statistics only
+        return run_plain(a, frames, secure=False)
+
     base = run_one(a, frames)
     rng = np.random.default_rng(seed)
     # row order within every site
@@ -176,10 +198,12 @@ def test_km_and_na_equal_lifelines_on_pooled_rows(name: str, sites: int, seed: i
     km = run_one(
         analysis(kind="km", time=case["time"], event=case["event"], conf_type="log-log"),
         split(df, sites, seed),
+        secure=False,
     )
     na = run_one(
         analysis(kind="nelson_aalen", time=case["time"], event=case["event"]),
         split(df, sites, seed),
+        secure=False,
     )
     assert isinstance(km, CurvesResult) and isinstance(na, CurvesResult)
     curve, hazard = km.groups["all"], na.groups["all"]
@@ -211,7 +235,7 @@ def test_km_and_na_equal_lifelines_on_pooled_rows(name: str, sites: int, seed: i
 def test_logrank_equals_lifelines_on_pooled_rows(name: str, sites: int, seed: int) -> None:
     case = CASES[name]
     df = FRAMES[name]
-    res = run_one(analysis(**spec(name, "logrank")), split(df, sites, seed))
+    res = run_one(analysis(**spec(name, "logrank")), split(df, sites, seed), secure=False)
     assert isinstance(res, LogrankOutcome)
     col, _ = case["by"]
     ref = multivariate_logrank_test(df[case["time"]], df[col], df[case["event"]])
@@ -223,7 +247,7 @@ def test_logrank_equals_lifelines_on_pooled_rows(name: str, sites: int, seed: in
 @given(name=datasets, sites=n_sites, seed=seeds)
 def test_cox_equals_lifelines_on_pooled_rows(name: str, sites: int, seed: int) -> None:
     case = CASES[name]
-    res = run_one(analysis(**spec(name, "cox")), split(FRAMES[name], sites, seed))
+    res = run_one(analysis(**spec(name, "cox")), split(FRAMES[name], sites, seed), secure=False)
     assert isinstance(res, CoxResult)
     df = FRAMES[name]
     cols = [c if isinstance(c, str) else c["column"] for c in case["cox"]]

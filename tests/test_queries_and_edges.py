@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from her2fed.cox import CoxResult
 from her2fed.errors import EstimationError, ProtocolError
 from her2fed.protocol import Query
-from site_agent.config import SiteConfig
 from site_agent.handlers import SiteAgent
-from tests.fedrun import DATASET, analysis, load, run_one, split, study_of
+from tests.fedrun import DATASET, analysis, load, run_one, site_config, split, study_of
 
 COX = analysis(id="cox", kind="cox", time="week", event="arrest", covariates=["fin", "age"])
 KM = analysis(id="km", kind="km", time="week", event="arrest")
 
 
 def agent() -> SiteAgent:
-    return SiteAgent(
-        SiteConfig(Path("s.toml"), "s", "GR"), study_of(COX, KM), tables={DATASET: load("rossi")}
-    )
+    return SiteAgent(site_config(0), study_of(COX, KM), tables={DATASET: load("rossi")})
 
 
 @pytest.mark.parametrize(

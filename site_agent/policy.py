@@ -1,0 +1,110 @@
+"""The site's release policy, enforced before anything is computed or sent.
+
+Each rule that refuses a query raises ``PolicyRefusal`` carrying the rule's
+name and threshold, so the coordinator receives a clean reason (no data) and
+the privacy officer can see which setting to change. Rules here look at the
+query and at the site's own rows; rules on the pooled release (small cells
+after secure summation, leave-one-out) run where the pooled vector exists.
+"""
+
+from __future__ import annotations
+
+from her2fed.errors import Her2fedError
+from her2fed.protocol import Query
+from her2fed.study import Analysis, Study
+from site_agent.config import Policy
+
+
+class PolicyRefusal(Her2fedError):
+    """A query the site's policy does not allow; names the rule and its threshold."""
+
+    def __init__(self, rule: str, threshold: object, reason: str, fix: str) -> None:
+        self.rule = rule
+        self.threshold = threshold
+        super().__init__(f"refused by site policy {rule} = {threshold!r}: {reason}. Fix: {fix}")
+
+
+def _allowed(policy_list: tuple[str, ...], value: str) -> bool:
+    return not policy_list or value in policy_list
+
+
+def check_study(policy: Policy, study: Study) -> None:
+    """Rules that depend only on the study: checked once, before any data are read."""
+    grid = study.grid.grid_days
+    if grid < policy.min_grid_days:
+        raise PolicyRefusal(
+            "min_grid_days",
+            policy.min_grid_days,
+            f"the study's grid of {grid} day(s) is finer than the coarsest grid this site allows",
+            f"ask the consortium for grid_days >= {policy.min_grid_days}, or have the privacy "
+            "officer lower min_grid_days in [policy]",
+        )
+    for a in study.analyses:
+        check_analysis(policy, a)
+
+
+def check_analysis(policy: Policy, a: Analysis) -> None:
+    if not _allowed(policy.allowed_kinds, a.kind):
+        raise PolicyRefusal(
+            "allowed_kinds",
+            list(policy.allowed_kinds),
+            f"analysis {a.id!r} is of kind {a.kind!r}",
+            "remove the analysis or extend allowed_kinds",
+        )
+    if not _allowed(policy.allowed_datasets, a.dataset):
+        raise PolicyRefusal(
+            "allowed_datasets",
+            list(policy.allowed_datasets),
+            f"analysis {a.id!r} reads dataset {a.dataset!r}",
+            "remove the analysis or extend allowed_datasets",
+        )
+    if a.endpoint is not None and not _allowed(policy.allowed_endpoints, a.endpoint):
+        raise PolicyRefusal(
+            "allowed_endpoints",
+            list(policy.allowed_endpoints),
+            f"analysis {a.id!r} uses endpoint {a.endpoint!r}",
+            "remove the analysis or extend allowed_endpoints",
+        )
+    for cov in a.covariates:
+        if not _allowed(policy.allowed_covariates, cov.column):
+            raise PolicyRefusal(
+                "allowed_covariates",
+                list(policy.allowed_covariates),
+                f"analysis {a.id!r} uses covariate {cov.column!r}",
+                "remove the covariate or extend allowed_covariates",
+            )
+    levels = len(a.group_labels) * a.n_strata
+    if levels > policy.max_levels:
+        raise PolicyRefusal(
+            "max_levels",
+            policy.max_levels,
+            f"analysis {a.id!r} asks for {levels} group x stratum cells",
+            "declare fewer levels or merge rare ones",
+        )
+
+
+def check_query(policy: Policy, a: Analysis, query: Query, n: int, steps_seen: int) -> None:
+    """Rules that need the site's cohort size (complete cases) or the session so far."""
+    if n < policy.min_cohort:
+        raise PolicyRefusal(
+            "min_cohort",
+            policy.min_cohort,
+            f"analysis {a.id!r} has fewer complete cases at this site than the minimum cohort",
+            "widen the cohort, or this site sits this analysis out",
+        )
+    if a.kind == "cox":
+        p = len(a.coef_names)
+        if p > policy.cox_max_params_per_row * n:
+            raise PolicyRefusal(
+                "cox_max_params_per_row",
+                policy.cox_max_params_per_row,
+                f"analysis {a.id!r} fits {p} parameters on too few rows at this site",
+                "use fewer covariates or levels",
+            )
+        if query.step in ("cox_sums", "cox_derivs") and steps_seen >= policy.cox_max_iterations:
+            raise PolicyRefusal(
+                "cox_max_iterations",
+                policy.cox_max_iterations,
+                f"analysis {a.id!r} has already asked for {steps_seen} Newton evaluations",
+                "a fit needing more evaluations is refused; check the model",
+            )
