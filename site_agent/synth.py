@@ -615,9 +615,11 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 PROFILES["GB"] = PROFILES["UK"]
+# One site per published cohort of cohorts.md, at its published size (the EU-5
+# study's 496 patients split over its French, Spanish and British sites).
 DEFAULT_SITES = (
-    "athens:GR:400,oslo:NO:700,munich:DE:900,paris:FR:500,milan:IT:600,"
-    "madrid:ES:500,amsterdam:NL:330,copenhagen:DK:630"
+    "athens:GR:122,oslo:NO:715,paris:FR:166,madrid:ES:165,london:UK:165,munich:DE:879,"
+    "boston:US:2074,amsterdam:NL:330,copenhagen:DK:631,milan:IT:622"
 )
 
 
