@@ -5,7 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PACKAGES := her2fed site_agent coordinator
 
-.PHONY: setup lint test demo bench clean
+.PHONY: setup sysdeps lint test demo bench clean
+
+# Debian packages the tests need: headless Chromium renders the HTML report.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+sysdeps:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +23,9 @@ setup: $(STAMP)
 
 lint: setup
 	$(VENV)/bin/ruff check $(PACKAGES) tests bench examples
-	$(VENV)/bin/mypy --strict $(PACKAGES)
+	$(VENV)/bin/mypy --strict $(PACKAGES) bench
 
-test: lint
+test: lint sysdeps
 	$(PY) -m pytest
 
 DEMO_SITES := athens:GR:400,oslo:NO:700,munich:DE:600
@@ -30,7 +36,8 @@ demo: setup
 	  --site athens=out/demo/sites/athens/site.toml \
 	  --site oslo=out/demo/sites/oslo/site.toml \
 	  --site munich=out/demo/sites/munich/site.toml \
-	  --out out/demo
+	  --out out/demo --transport grpc
+	@echo "open out/demo/report.html in a browser; numbers in out/demo/results.json"
 
 bench: setup
 	$(PY) bench/bench_core.py $(if $(QUICK),--quick,)

@@ -159,6 +159,12 @@ class TimedTransport:
     def sites(self) -> list[str]:
         return [a.site_id for a in self._agents]
 
+    def describe(self) -> dict[str, object]:
+        return {"method": "plain sum (benchmark breakdown)"}
+
+    def exclude(self, sites: Sequence[str]) -> None:
+        raise RuntimeError(f"benchmark sites never drop out: {list(sites)}")
+
     def aggregate(self, queries: Sequence[Query]) -> list[Additive]:
         answers: list[list[Additive]] = []
         per_site: list[float] = []
@@ -403,8 +409,14 @@ def table(km: Measured, cox: Measured) -> str:
         ("merge (coordinator)", lambda m: fmt_s(m.parts.merge)),
         ("estimation (coordinator)", lambda m: fmt_s(m.parts.estimate)),
         ("rounds", lambda m: str(m.parts.rounds)),
-        (f"{p}her2fed critical path{p} (parallel sites)", lambda m: fmt_s(m.parts.critical)),
-        (f"{p}her2fed end to end{p} (in-process, sites in turn)", lambda m: fmt_s(m.e2e)),
+        (
+            f"{p}her2fed critical path{p} (parallel sites, plain sums)",
+            lambda m: fmt_s(m.parts.critical),
+        ),
+        (
+            f"{p}her2fed end to end{p} (in-process, sites in turn, secure aggregation)",
+            lambda m: fmt_s(m.e2e),
+        ),
         (f"{p}lifelines on pooled rows{p}", lambda m: fmt_s(m.lifelines)),
         (f"{p}ratio end to end{p} her2fed / lifelines", lambda m: ratio(m, m.e2e)),
         (f"{p}ratio critical path{p} her2fed / lifelines", lambda m: ratio(m, m.parts.critical)),

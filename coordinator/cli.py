@@ -12,20 +12,23 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from coordinator.orchestrate import run_study
+from coordinator.orchestrate import StudyOutcome, run_study
+from coordinator.report import write_report
 from coordinator.results import results_document
-from coordinator.study import load_study
-from coordinator.transport import InProcessTransport
+from coordinator.study import LoadedStudy, load_study
+from coordinator.transport import MIN_SECURE_SITES, AggregationError, InProcessTransport
 from her2fed.errors import Her2fedError, SpecError
 from site_agent.cli import add_site_commands
-from site_agent.config import load_site
+from site_agent.config import SiteConfig, load_site
 from site_agent.handlers import SiteAgent
 from site_agent.synth import main as synth_main
+
+STUDY_HANDLER = "site_agent.federation.study_handler:factory"
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
@@ -33,6 +36,9 @@ def write_json_atomic(path: Path, doc: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from colleagues
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1, allow_nan=False)
             fh.write("\n")
@@ -57,17 +63,26 @@ def cmd_local(args: argparse.Namespace) -> int:
         raise SpecError(
             "--site", f"site names must be unique, got {names}", "give each site its own NAME"
         )
-    # the run names each site by its NAME on the command line
-    agents = [SiteAgent(replace(load_site(path), site_id=name), study) for name, path in args.site]
-    transport = InProcessTransport(agents)
+    # every site config is read here first, so a broken one fails before anything starts
+    configs = {name: replace(load_site(path), site_id=name) for name, path in args.site}
+    if len(configs) < MIN_SECURE_SITES:
+        raise AggregationError(
+            f"secure aggregation needs at least {MIN_SECURE_SITES} sites, got {len(configs)}: "
+            "with fewer, a pooled sum would reveal a site's data, so nothing is released. "
+            "Fix: add sites"
+        )
     started = time.perf_counter()
 
     def progress(msg: str) -> None:
         if not args.quiet:
             print(f"[{time.perf_counter() - started:6.1f}s] {msg}", file=sys.stderr)
 
-    progress(f"study {study.name!r}: {len(study.analyses)} analyses over {len(agents)} site(s)")
-    outcome = run_study(study, transport, progress)
+    progress(f"study {study.name!r}: {len(study.analyses)} analyses over {len(configs)} sites")
+    if args.transport == "grpc":
+        outcome = _run_over_grpc(loaded, configs, progress)
+    else:
+        agents = [SiteAgent(cfg, study) for cfg in configs.values()]
+        outcome = run_study(study, InProcessTransport(agents), progress)
     doc = results_document(
         name=study.name,
         study_hash=loaded.hash,
@@ -80,14 +95,50 @@ def cmd_local(args: argparse.Namespace) -> int:
         transport=args.transport,
         aggregation=dict(outcome.aggregation),
         rules=study.rules.as_dict() if study.uses_registry else None,
-        countries={a.site_id: a.config.country for a in agents},
+        countries={name: cfg.country for name, cfg in configs.items()},
     )
     out = Path(args.out) / "results.json"
     write_json_atomic(out, doc)
-    progress(f"done in {outcome.rounds} rounds; wrote {out}")
+    report = Path(args.out) / "report.html"
+    write_report(out, report)
+    progress(f"done in {outcome.rounds} rounds; wrote {out} and {report}")
     if not args.quiet:
         print(summary_table(doc))
     return 0
+
+
+def _run_over_grpc(
+    loaded: LoadedStudy, configs: dict[str, SiteConfig], progress: Callable[[str], None]
+) -> StudyOutcome:
+    """A real local federation: SuperLink, one SuperNode + site agent per site, TLS.
+
+    Every process started here is stopped on the way out, also on errors and
+    Ctrl-C (LocalFederation's signal guard).
+    """
+    from coordinator.federation.local import LocalFederation, SiteSpec
+    from coordinator.grpc_transport import GrpcTransport
+
+    specs = [
+        SiteSpec(name, site_config=str(cfg.path.resolve()), handler=STUDY_HANDLER)
+        for name, cfg in configs.items()
+    ]
+    progress("starting a local federation (SuperLink, SuperNodes, site agents; TLS)")
+    with LocalFederation(specs) as fed:
+        progress("federation up; opening the study session through Flower")
+        session, _ = fed.open_session(loaded.hash)
+        assert fed.coordinator_key is not None and fed.consortium is not None
+        try:
+            transport = GrpcTransport(
+                session,
+                loaded.path.read_bytes(),
+                coordinator_key=fed.coordinator_key,
+                consortium=fed.consortium,
+            )
+            progress(f"session open at {len(transport.sites())} sites; running the rounds")
+            return run_study(loaded.study, transport, progress)
+        finally:
+            session.close()
+            progress("stopping the federation")
 
 
 def summary_table(doc: dict[str, Any]) -> str:
@@ -124,6 +175,12 @@ def _fmt(v: Any) -> str:
     return "NA" if v is None else f"{v:.4g}"
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    write_report(Path(args.results), Path(args.out))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="her2fed",
@@ -147,12 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--out", metavar="DIR", required=True, help="output directory")
     local.add_argument(
         "--transport",
-        choices=["inprocess"],
+        choices=["inprocess", "grpc"],
         default="inprocess",
-        help="how sites are reached (default: inprocess)",
+        help="inprocess: all sites in this process; grpc: a real local federation "
+        "(Flower SuperLink + one SuperNode and site agent per site, gRPC over TLS on loopback)",
     )
     local.add_argument("--quiet", action="store_true", help="no progress or summary output")
     local.set_defaults(func=cmd_local)
+    report = sub.add_parser(
+        "report",
+        help="write the HTML report of a results.json",
+        description="Render RESULTS.json as one self-contained HTML file (figures embedded, "
+        "no external requests, printable).",
+    )
+    report.add_argument("results", metavar="RESULTS.json")
+    report.add_argument("--out", metavar="REPORT.html", required=True)
+    report.set_defaults(func=cmd_report)
     add_site_commands(sub)
     # `her2fed synth ...` is handed whole to the generator's own parser (see main)
     sub.add_parser(

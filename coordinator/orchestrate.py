@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coordinator.transport import Transport
+from coordinator.transport import SitesDropped, Transport
 from her2fed.estimate import AnalysisRun, Result
 from her2fed.study import Study
 
@@ -21,6 +21,20 @@ class StudyOutcome:
 def run_study(
     study: Study, transport: Transport, progress: Callable[[str], None] = lambda _: None
 ) -> StudyOutcome:
+    """Run every analysis; if sites drop out, start again on the remaining ones.
+
+    Restarting (rather than continuing) keeps every estimate computed on one
+    set of sites: a Cox fit never mixes Newton steps from different sites.
+    """
+    while True:
+        try:
+            return _run_once(study, transport, progress)
+        except SitesDropped as err:
+            progress(f"{err}; restarting the study on the remaining sites")
+            transport.exclude(sorted(err.failures))
+
+
+def _run_once(study: Study, transport: Transport, progress: Callable[[str], None]) -> StudyOutcome:
     runs = [AnalysisRun(a, study.grid) for a in study.analyses]
     rounds = 0
     while not all(r.done for r in runs):

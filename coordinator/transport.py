@@ -9,7 +9,7 @@ vector of public length, masked, and only the sum is unmasked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +36,15 @@ class SiteFailure(Her2fedError):
         super().__init__(f"site {site!r}: {reason}")
 
 
+class SitesDropped(Her2fedError):
+    """Sites failed mid-study; names them and their (sanitised) reasons."""
+
+    def __init__(self, failures: Mapping[str, str]) -> None:
+        self.failures = dict(failures)
+        listed = "; ".join(f"{s}: {r}" for s, r in sorted(self.failures.items()))
+        super().__init__(f"site(s) dropped out: {listed}")
+
+
 class AggregationError(Her2fedError):
     """Secure aggregation refused to release a sum (too few sites, a broken session)."""
 
@@ -46,6 +55,10 @@ class Transport(Protocol):
     def aggregate(self, queries: Sequence[Query]) -> list[Additive]: ...
 
     def describe(self) -> dict[str, object]: ...
+
+    def exclude(self, sites: Sequence[str]) -> None:
+        """Carry on without these sites, or raise if too few would remain."""
+        ...
 
 
 @dataclass
@@ -112,6 +125,9 @@ class InProcessTransport:
 
     def sites(self) -> list[str]:
         return [a.site_id for a in self._agents]
+
+    def exclude(self, sites: Sequence[str]) -> None:
+        raise AggregationError(f"in-process sites do not drop out; cannot exclude {list(sites)}")
 
     def describe(self) -> dict[str, object]:
         if not self.secure:

@@ -15,14 +15,21 @@ from typing import Any, Self, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+Layout = tuple[tuple[str, tuple[int, ...], str], ...]
+_KINDS: dict[str, type[Additive]] = {}
+
 
 class Additive:
     """Mixin for frozen dataclasses of arrays; gives ``+``, layout and flattening."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _KINDS[cls.__name__] = cls
+
     def arrays(self) -> dict[str, NDArray[Any]]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
-    def layout(self) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    def layout(self) -> Layout:
         """Names, shapes and dtypes: public, fixed by the study, equal at every site."""
         return tuple((k, tuple(v.shape), v.dtype.str) for k, v in self.arrays().items())
 
@@ -89,3 +96,23 @@ def merge(summaries: Iterable[T]) -> T:
         for k, v in s.arrays().items():
             np.add(total[k], v, out=total[k])
     return type(first)(**total)
+
+
+def zeros_like_layout(kind: str, layout: Layout) -> Additive:
+    """An all-zero summary of a public layout: what a coordinator needs to unflatten a sum.
+
+    Layouts travel in the clear (they depend only on the study and the query);
+    an unknown kind, field or dtype is refused rather than guessed.
+    """
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown summary kind {kind!r}")
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    if [name for name, _, _ in layout] != names:
+        raise ValueError(f"layout of {kind} does not list its fields {names}")
+    arrays = {}
+    for name, shape, dtype in layout:
+        if dtype not in ("<i8", "<f8") or any(d < 0 for d in shape):
+            raise ValueError(f"{kind}.{name}: unsupported dtype {dtype!r} or shape {shape}")
+        arrays[name] = np.zeros(tuple(shape), dtype=np.dtype(dtype))
+    return cls(**arrays)
