@@ -44,7 +44,12 @@ class CoxMoments(Additive):
 
 @dataclass(frozen=True)
 class CoxSums(Additive):
-    """Per stratum and bin: exit and tied-death sums of w, w*x, w*x*x^T."""
+    """Per stratum and bin: exit and tied-death sums of w, w*x, w*x*x^T.
+
+    The symmetric w*x*x^T is kept as its upper triangle (``p(p+1)/2`` values,
+    row-major, ``numpy.triu_indices`` order): it is the bulk of what a site
+    masks and sends each Newton round, so halving it matters.
+    """
 
     death_n: NDArray[np.int64]
     exit_w: NDArray[np.float64]
@@ -54,6 +59,20 @@ class CoxSums(Additive):
     death_wx: NDArray[np.float64]
     death_wxx: NDArray[np.float64]
     death_x: NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class CoxLocalFit(Additive):
+    """A site's own Cox fit as information-weighted coefficients (for the warm start).
+
+    Summed over sites, ``info`` and ``ib`` give the inverse-variance combination
+    (sum I_k)^-1 sum I_k b_k, which lands Newton close to the pooled optimum
+    so the pooled fit needs few network rounds. Only the sum is ever seen.
+    """
+
+    ib: NDArray[np.float64]
+    info: NDArray[np.float64]
+    fitted: NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -124,18 +143,19 @@ def _cell_sums(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Per-cell sums of w, w*x and w*x*x^T with w = exp(x.beta); x given as rows of xt."""
     p = xt.shape[0]
+    iu, ju = np.triu_indices(p)
     lin = np.zeros(xt.shape[1])
     for a in range(p):  # p axpy's: no BLAS thread start-up on a matrix-vector product
         lin += beta[a] * xt[a]
     w = np.exp(lin)
     s0: FloatArray = np.bincount(cell, weights=w, minlength=n_cells).astype(np.float64)
     s1: FloatArray = np.empty((n_cells, p))
-    s2: FloatArray = np.empty((n_cells, p, p))
+    s2: FloatArray = np.empty((n_cells, iu.size))
+    wx = [w * xt[a] for a in range(p)]
     for a in range(p):
-        wa = w * xt[a]
-        s1[:, a] = np.bincount(cell, weights=wa, minlength=n_cells)
-        for b in range(a, p):
-            s2[:, a, b] = s2[:, b, a] = np.bincount(cell, weights=wa * xt[b], minlength=n_cells)
+        s1[:, a] = np.bincount(cell, weights=wx[a], minlength=n_cells)
+    for k, (i, j) in enumerate(zip(iu, ju, strict=True)):
+        s2[:, k] = np.bincount(cell, weights=wx[i] * xt[j], minlength=n_cells)
     return s0, s1, s2
 
 
@@ -151,10 +171,10 @@ def cox_sums(rows: CoxRows, beta: FloatArray) -> CoxSums:
         death_n=death_n.reshape(s, nb),
         exit_w=(d_w + c_w).reshape(s, nb),
         exit_wx=(d_wx + c_wx).reshape(s, nb, p),
-        exit_wxx=(d_wxx + c_wxx).reshape(s, nb, p, p),
+        exit_wxx=(d_wxx + c_wxx).reshape(s, nb, -1),
         death_w=d_w.reshape(s, nb),
         death_wx=d_wx.reshape(s, nb, p),
-        death_wxx=d_wxx.reshape(s, nb, p, p),
+        death_wxx=d_wxx.reshape(s, nb, -1),
         death_x=rows.dead_xt.sum(axis=1),
     )
 
@@ -202,7 +222,12 @@ def derivs_from_sums(sums: CoxSums, beta: FloatArray, ties: Ties) -> CoxDerivs:
         - np.einsum("t,ta,tb->ab", b1, D1, S1)
         + np.einsum("t,ta,tb->ab", b2, D1, D1)
     )
-    info = np.einsum("t,tab->ab", a0, S2) - np.einsum("t,tab->ab", a1, D2) - outer
+    packed = a0 @ S2 - a1 @ D2  # the weighted sum, still as an upper triangle
+    iu, ju = np.triu_indices(beta.size)
+    second = np.empty((beta.size, beta.size))
+    second[iu, ju] = packed
+    second[ju, iu] = packed
+    info = second - outer
     return CoxDerivs(np.array([loglik]), grad, info)
 
 
@@ -215,8 +240,47 @@ class NewtonOutcome:
     converged: bool
 
 
+def local_fit(rows: CoxRows, ties: Ties, max_iter: int = 20) -> CoxLocalFit:
+    """Fit the model on one site's rows; a site that cannot fit contributes nothing."""
+    p = rows.dead_xt.shape[0]
+    nothing = CoxLocalFit(np.zeros(p), np.zeros((p, p)), np.zeros(1, np.int64))
+    if rows.dead_cell.size == 0:
+        return nothing
+    gen = newton(p, max_iter=max_iter)
+    beta = next(gen)
+    try:
+        while True:
+            beta = gen.send(derivs_from_sums(cox_sums(rows, beta), beta, ties))
+    except StopIteration as stop:
+        outcome: NewtonOutcome = stop.value
+    except EstimationError:
+        return nothing
+    info = outcome.final.info
+    if not outcome.converged or not np.all(np.isfinite(outcome.beta)):
+        return nothing
+    try:
+        # a site whose data separate the events (a coefficient running to infinity) would
+        # drag the start away; it still counts fully in the pooled fit itself
+        if maybe_infinite(outcome, np.linalg.inv(info).astype(np.float64)).any():
+            return nothing
+    except np.linalg.LinAlgError:
+        return nothing
+    return CoxLocalFit(info @ outcome.beta, info, np.ones(1, np.int64))
+
+
+def warm_start(fit: CoxLocalFit) -> FloatArray | None:
+    """The inverse-variance combination of the sites' fits, or None if there is none."""
+    if int(fit.fitted[0]) == 0:
+        return None
+    try:
+        start: FloatArray = np.linalg.solve(fit.info, fit.ib).astype(np.float64)
+    except np.linalg.LinAlgError:
+        return None
+    return start if np.all(np.isfinite(start)) else None
+
+
 def newton(
-    p: int, *, max_iter: int = 30, eps: float = 1e-10
+    p: int, *, start: FloatArray | None = None, max_iter: int = 30, eps: float = 1e-10
 ) -> Generator[FloatArray, CoxDerivs, NewtonOutcome]:
     """Newton-Raphson with step halving, as a coroutine over merged derivatives.
 
@@ -231,6 +295,11 @@ def newton(
     current = initial
     if not np.isfinite(current.loglik[0]):
         raise EstimationError("the Cox log-likelihood is not finite at beta = 0")
+    if start is not None:
+        # the log-likelihood at 0 (R's loglik[1], score test) is kept; Newton starts here
+        at_start = yield start
+        if np.isfinite(at_start.loglik[0]) and at_start.loglik[0] >= initial.loglik[0]:
+            beta, current = start, at_start
     iterations, converged = 0, False
     while iterations < max_iter:
         iterations += 1
@@ -290,6 +359,13 @@ class CoxResult:
     warnings: tuple[str, ...] = ()
 
 
+def maybe_infinite(outcome: NewtonOutcome, var: FloatArray) -> NDArray[np.bool_]:
+    """R's coxph check: the step Newton would still take is large next to the coefficient."""
+    pending = np.abs(var @ outcome.final.grad)
+    flagged: NDArray[np.bool_] = (pending > _INF_EPS) & (pending > _INF_TOL * np.abs(outcome.beta))
+    return flagged
+
+
 def _chisq(stat: float, df: int) -> ChiSquareTest:
     return ChiSquareTest(stat, df, float(chi2.sf(stat, df)))
 
@@ -304,7 +380,7 @@ def cox_result(
     """Coefficients, SEs, hazard ratios and the three global tests."""
     beta = outcome.beta
     try:
-        var = np.linalg.inv(outcome.final.info)
+        var: FloatArray = np.linalg.inv(outcome.final.info).astype(np.float64)
         u0 = outcome.initial.grad
         score = float(u0 @ np.linalg.solve(outcome.initial.info, u0))
     except np.linalg.LinAlgError:
@@ -323,10 +399,8 @@ def cox_result(
             f"Newton-Raphson did not converge in {outcome.iterations} iterations; "
             "a coefficient may be infinite"
         )
-    # R's coxph check: the step Newton would still take is large next to the coefficient.
-    pending = np.abs(var @ outcome.final.grad)
-    for name, step, b in zip(names, pending, beta, strict=True):
-        if step > _INF_EPS and step > _INF_TOL * abs(b):
+    for name, infinite in zip(names, maybe_infinite(outcome, var), strict=True):
+        if infinite:
             warnings.append(
                 f"coefficient {name!r} may be infinite: the likelihood keeps rising as it grows "
                 "(a level with no events, or a covariate that separates the events)"

@@ -19,12 +19,14 @@ from her2fed.cif import CIFCurve, aalen_johansen
 from her2fed.counts import EventTable
 from her2fed.cox import (
     CoxDerivs,
+    CoxLocalFit,
     CoxMoments,
     CoxResult,
     CoxSums,
     cox_result,
     derivs_from_sums,
     newton,
+    warm_start,
 )
 from her2fed.errors import EstimationError
 from her2fed.grid import TimeGrid
@@ -72,6 +74,10 @@ class AttritionResult:
 @dataclass(frozen=True)
 class PathwaysResult:
     table: SankeyTable
+
+
+def _key(beta: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(b) for b in beta)
 
 
 Result = CurvesResult | LogrankOutcome | CoxResult | AttritionResult | PathwaysResult
@@ -144,7 +150,9 @@ class AnalysisRun:
         self._moments: CoxMoments | None = None
         self._newton: Generator[np.ndarray, CoxDerivs, object] | None = None
         self._center: tuple[float, ...] = ()
-        self._beta: np.ndarray | None = None
+        self._waiting: np.ndarray = np.zeros(0)  # the beta Newton waits to be evaluated at
+        self._asked: list[np.ndarray] = []
+        self._known: dict[tuple[float, ...], CoxDerivs] = {}
 
     @property
     def done(self) -> bool:
@@ -163,6 +171,9 @@ class AnalysisRun:
             assert isinstance(counts, AttritionCounts) and isinstance(table, EventTable)
             self.result = estimate_attrition(self.analysis, self.grid, counts, table)
             return
+        if step in ("cox_moments", "cox_sums", "cox_derivs"):
+            self._receive_cox(step, merged)
+            return
         (summary,) = merged
         if step == "pathways":
             assert isinstance(summary, PathwayCounts)
@@ -177,19 +188,23 @@ class AnalysisRun:
                 logrank_test(summary, self.analysis.rho),
                 int(summary.dropped[0]),
             )
-        elif step == "cox_moments":
-            assert isinstance(summary, CoxMoments)
-            self._start_cox(summary)
-        else:
-            assert self._beta is not None
-            if isinstance(summary, CoxSums):
-                derivs = derivs_from_sums(summary, self._beta, self.analysis.ties)
-            else:
-                assert isinstance(summary, CoxDerivs)
-                derivs = summary
-            self._advance(derivs)
 
-    def _start_cox(self, moments: CoxMoments) -> None:
+    def _receive_cox(self, step: str, merged: Sequence[Additive]) -> None:
+        if step == "cox_moments":
+            moments, fit = merged
+            assert isinstance(moments, CoxMoments) and isinstance(fit, CoxLocalFit)
+            self._start_cox(moments, fit)
+            return
+        ties = self.analysis.ties
+        for summary, beta in zip(merged, self._asked, strict=True):
+            derivs = summary if isinstance(summary, CoxDerivs) else None
+            if isinstance(summary, CoxSums):
+                derivs = derivs_from_sums(summary, beta, ties)
+            assert derivs is not None
+            self._known[_key(beta)] = derivs
+        self._advance()
+
+    def _start_cox(self, moments: CoxMoments, fit: CoxLocalFit) -> None:
         n = int(moments.n[0])
         if n == 0 or int(moments.n_events[0]) == 0:
             raise EstimationError(
@@ -198,18 +213,27 @@ class AnalysisRun:
             )
         self._moments = moments
         self._center = tuple(float(v) for v in moments.sum_x / n)
-        self._newton = newton(len(self._center))
-        self._ask(next(self._newton))
+        start = warm_start(fit)
+        self._newton = newton(len(self._center), start=start)
+        self._waiting = next(self._newton)  # beta = 0: R's initial log-likelihood and score test
+        # beta = 0 and the warm start go out in the same round
+        self._ask([self._waiting] if start is None else [self._waiting, start])
 
-    def _ask(self, beta: np.ndarray) -> None:
-        self._beta = beta
+    def _ask(self, betas: list[np.ndarray]) -> None:
+        self._asked = betas
         step: Step = "cox_derivs" if self.analysis.strata_by_site else "cox_sums"
-        self._pending = [Query(self.analysis.id, step, tuple(float(b) for b in beta), self._center)]
+        self._pending = [
+            Query(self.analysis.id, step, tuple(float(b) for b in beta), self._center)
+            for beta in betas
+        ]
 
-    def _advance(self, derivs: CoxDerivs) -> None:
+    def _advance(self) -> None:
+        """Feed Newton every evaluation already known; ask for the first one that is not."""
         assert self._newton is not None and self._moments is not None
         try:
-            self._ask(self._newton.send(derivs))
+            while _key(self._waiting) in self._known:
+                self._waiting = self._newton.send(self._known[_key(self._waiting)])
+            self._ask([self._waiting])
         except StopIteration as stop:
             self.result = cox_result(
                 stop.value,

@@ -15,7 +15,14 @@ import pandas as pd
 
 from her2fed.attrition import a3_event_table, attrition_counts
 from her2fed.counts import event_table
-from her2fed.cox import CoxRows, cox_moments, cox_rows, cox_sums, derivs_from_sums
+from her2fed.cox import (
+    CoxRows,
+    cox_moments,
+    cox_rows,
+    cox_sums,
+    derivs_from_sums,
+    local_fit,
+)
 from her2fed.errors import ProtocolError
 from her2fed.grid import FloatArray, IntArray, TimeGrid
 from her2fed.logrank import parts_from_table
@@ -27,6 +34,7 @@ Step = Literal[
     "table",
     "logrank_parts",
     "cox_moments",
+    "cox_local_fit",
     "cox_sums",
     "cox_derivs",
     "attrition_counts",
@@ -50,7 +58,8 @@ def allowed_steps(analysis: Analysis) -> tuple[Step, ...]:
     if analysis.kind == "pathways":
         return ("pathways",)
     if analysis.kind == "cox":
-        return ("cox_moments", "cox_derivs" if analysis.strata_by_site else "cox_sums")
+        last: Step = "cox_derivs" if analysis.strata_by_site else "cox_sums"
+        return ("cox_moments", "cox_local_fit", last)
     if analysis.kind == "logrank" and analysis.strata_by_site:
         return ("logrank_parts",)
     return ("table",)
@@ -80,7 +89,7 @@ def check_query(analysis: Analysis, query: Query) -> None:
 def first_steps(analysis: Analysis) -> tuple[Step, ...]:
     """The steps that open an analysis (all analyses open in the same round)."""
     if analysis.kind == "cox":
-        return ("cox_moments",)
+        return ("cox_moments", "cox_local_fit")
     if analysis.kind == "attrition":
         return ("attrition_counts", "attrition_cif")
     return allowed_steps(analysis)
@@ -160,6 +169,18 @@ def local_summary(
         return table if query.step == "table" else parts_from_table(table, analysis.rho)
     if query.step == "cox_moments":
         return cox_moments(rows.x, rows.event, rows.dropped)
+    if query.step == "cox_local_fit":
+        own_center = tuple(float(v) for v in rows.x.mean(axis=0)) if rows.time.size else ()
+        own = cox_rows(
+            grid,
+            rows.time,
+            rows.event,
+            rows.stratum,
+            rows.x,
+            own_center or (0.0,) * rows.x.shape[1],
+            analysis.n_strata,
+        )
+        return local_fit(own, analysis.ties)
     cache = {} if cox_cache is None else cox_cache
     arranged = cache.get(analysis.id)
     if arranged is None or arranged.center != query.center:

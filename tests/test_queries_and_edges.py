@@ -72,3 +72,37 @@ def test_dropped_rows_are_counted() -> None:
     expected = int(df[["age", "ph.ecog", "wt.loss"]].isna().any(axis=1).sum())
     assert res.n_dropped == expected and res.n == len(df) - expected
     assert np.isfinite(res.coef).all() and res.warnings == ()
+
+
+def test_warm_start_lands_near_the_pooled_fit_and_saves_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Round 1 securely sums the sites' own fits; Newton starts much closer to the optimum."""
+    import her2fed.estimate
+    from coordinator.orchestrate import run_study
+    from coordinator.transport import InProcessTransport
+    from her2fed.cox import CoxLocalFit, warm_start
+    from her2fed.summary import merge
+
+    covs = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
+    a = analysis(kind="cox", time="week", event="arrest", covariates=covs)
+    study = study_of(a, horizon_days=60)
+    frames = split(load("rossi"), 5, seed=8)
+
+    def agents() -> list[SiteAgent]:
+        return [SiteAgent(site_config(i), study, tables={DATASET: f}) for i, f in enumerate(frames)]
+
+    fits = [ag.answer([Query("a", "cox_local_fit")])[0] for ag in agents()]
+    assert all(isinstance(f, CoxLocalFit) for f in fits)
+    start = warm_start(merge(fits))  # type: ignore[type-var]
+    warm = run_study(study, InProcessTransport(agents()))
+    res = warm.results["a"]
+    assert isinstance(res, CoxResult) and start is not None
+    info = np.linalg.inv(np.diag(res.se**2))  # the information metric, diagonal part
+    assert (start - res.coef) @ info @ (start - res.coef) < res.coef @ info @ res.coef
+    monkeypatch.setattr(her2fed.estimate, "warm_start", lambda fit: None)
+    cold = run_study(study, InProcessTransport(agents()))
+    cold_res = cold.results["a"]
+    assert isinstance(cold_res, CoxResult)
+    np.testing.assert_allclose(cold_res.coef, res.coef, rtol=1e-6)  # same optimum either way
+    assert warm.rounds < cold.rounds, (warm.rounds, cold.rounds)
