@@ -280,7 +280,7 @@ def warm_start(fit: CoxLocalFit) -> FloatArray | None:
 
 
 def newton(
-    p: int, *, start: FloatArray | None = None, max_iter: int = 30, eps: float = 1e-10
+    p: int, *, start: FloatArray | None = None, max_iter: int = 30, eps: float = 1e-12
 ) -> Generator[FloatArray, CoxDerivs, NewtonOutcome]:
     """Newton-Raphson with step halving, as a coroutine over merged derivatives.
 

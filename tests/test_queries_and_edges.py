@@ -84,10 +84,11 @@ def test_warm_start_lands_near_the_pooled_fit_and_saves_rounds(
     from her2fed.cox import CoxLocalFit, warm_start
     from her2fed.summary import merge
 
-    covs = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
-    a = analysis(kind="cox", time="week", event="arrest", covariates=covs)
-    study = study_of(a, horizon_days=60)
-    frames = split(load("rossi"), 5, seed=8)
+    # three sites of ~230 patients: the size of a real hospital cohort
+    covs = ["age", "tsize", "pnodes", "progrec", "estrec"]
+    a = analysis(kind="cox", time="time", event="cens", covariates=covs)
+    study = study_of(a, horizon_days=2700)
+    frames = split(load("gbsg2"), 3, seed=2)
 
     def agents() -> list[SiteAgent]:
         return [SiteAgent(site_config(i), study, tables={DATASET: f}) for i, f in enumerate(frames)]
