@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,6 +17,7 @@ from site_agent.config import SiteConfig, load_site
 from site_agent.data import describe, load_table
 from site_agent.derived import derive_registry
 from site_agent.handlers import SiteAgent
+from site_agent.officer_cli import add_officer_commands
 from site_agent.policy import check_study
 from site_agent.registry import load_registry
 
@@ -134,6 +138,54 @@ def _check_registry(cfg: SiteConfig) -> tuple[int, dict[str, pd.DataFrame] | Non
     return 0, frames
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create the site's keys (if missing) and print the card to send to the consortium lead."""
+    from site_agent.federation.deploy import make_site_keys
+
+    cfg = load_site(args.config)
+    result = make_site_keys(cfg, force=args.force)
+    for path in result.created:
+        print(f"wrote {path} (private key, mode 600: never send it anywhere)")
+    if not result.created:
+        print(f"keys exist already: {cfg.key_paths.site_key}, {cfg.key_paths.node_key} (kept)")
+    print(f"wrote {result.card_path} (public keys only)")
+    print()
+    print(result.card.to_toml(), end="")
+    print()
+    print(
+        f"Send {result.card_path} to the consortium lead and confirm the two fingerprints above "
+        "with them by phone. They send back ca.pem, coordinator.pub and consortium.toml: put "
+        f"them where [keys] of {cfg.path} says (default {cfg.path.parent / 'consortium'}/), then "
+        f"run `her2fed site start {cfg.path} --superlink HOST:PORT`."
+    )
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """Run the site: SuperNode + site agent, supervised, until Ctrl-C or SIGTERM."""
+    from site_agent.federation.deploy import start_site
+
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            print(line, flush=True)
+
+    cfg = load_site(args.config)
+    start_site(
+        cfg,
+        superlink=args.superlink,
+        coordinator_hosts=tuple(args.coordinator_host),
+        runtime_port=args.runtime_port,
+        state_dir=args.state_dir,
+        max_restarts=args.max_restarts,
+        log_level=args.log_level,
+        say=say,
+    )
+    sys.stdout.flush()
+    return 0
+
+
 def add_site_commands(sub: Any) -> None:
     site = sub.add_parser("site", help="commands for a hospital's site agent")
     site_sub = site.add_subparsers(dest="site_command", required=True)
@@ -150,3 +202,64 @@ def add_site_commands(sub: Any) -> None:
         help="also check that the data fit every analysis of this study",
     )
     check.set_defaults(func=cmd_check)
+    add_officer_commands(site_sub)  # approve, revoke, approvals, audit (privacy officer)
+    keys = site_sub.add_parser(
+        "keys",
+        help="create the site's keys and the card for the consortium lead",
+        description="Create the site's Ed25519 identity key and Flower node key (EC P-256) at "
+        "the paths of [keys] in SITE.toml (default keys/site.key, keys/node.key; mode 600) "
+        "unless they exist, write the site card (public keys only) next to them and print it "
+        "with the fingerprints to confirm by phone.",
+    )
+    keys.add_argument("config", metavar="SITE.toml")
+    keys.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing keys (the lead must then re-add the new card with --replace)",
+    )
+    keys.set_defaults(func=cmd_keys)
+    start = site_sub.add_parser(
+        "start",
+        help="connect this site to the consortium (outbound only) and serve studies",
+        description="Check the site's keys and consortium files, then run flower-supernode "
+        "(process isolation, TLS with the consortium CA, node key; runtime API on 127.0.0.1) "
+        "and the her2fed site agent, supervised together, until Ctrl-C or SIGTERM. The site "
+        "only dials out: to the SuperLink's fleet port and to the aggregation service.",
+    )
+    start.add_argument("config", metavar="SITE.toml")
+    start.add_argument(
+        "--superlink",
+        metavar="HOST:PORT",
+        required=True,
+        help="the consortium's public fleet address (from the consortium lead)",
+    )
+    start.add_argument(
+        "--coordinator-host",
+        metavar="HOST",
+        action="append",
+        default=[],
+        help="a host the site may dial for aggregation (repeatable; default: the SuperLink host)",
+    )
+    start.add_argument(
+        "--runtime-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="loopback port of the SuperNode's runtime API (default: a free one)",
+    )
+    start.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep Flower's home, logs and the per-start secret here (default: a temporary "
+        "directory removed on exit)",
+    )
+    start.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="give up when a process exits more than N times in 10 minutes (default 5)",
+    )
+    start.add_argument("--log-level", default="INFO", help="site agent log level (default INFO)")
+    start.set_defaults(func=cmd_start)

@@ -1,8 +1,25 @@
-"""Site configuration (TOML): who the site is, where its tables are, its policy.
+"""Site configuration (TOML): who the site is, where its tables are, its policy, its keys.
 
 Paths are relative to the config file, so a site directory can be moved or
 copied whole. Unknown keys are errors: a misspelt policy key must not
 silently fall back to a default the privacy officer did not choose.
+
+``[keys]`` names the files a deployed site needs (``her2fed site start``)::
+
+    [keys]
+    site_key = "keys/site.key"                        # Ed25519 identity, private (site keys)
+    node_key = "keys/node.key"                        # Flower SuperNode key, private (site keys)
+    coordinator_key = "consortium/coordinator.pub"    # from the consortium lead
+    ca_cert = "consortium/ca.pem"                     # from the consortium lead
+    consortium_registry = "consortium/consortium.toml"  # from the consortium lead
+    lead_key = "consortium/lead.pub"                  # the lead's study-signing key (approvals)
+    allowlist = "allowlist.toml"                      # optional: app bundles this site accepts
+
+Every key is optional and defaults to the path shown (``allowlist`` to "the
+installed her2fed version only"). Parsing only resolves the paths; whether the
+files exist is checked by ``require_key_files`` when the site starts, because
+``site check`` and ``her2fed local`` need no keys. ``lead_key`` is read by the
+study-approval commands (``site_agent.site_files``), not required to start.
 """
 
 from __future__ import annotations
@@ -37,6 +54,37 @@ class Policy:
     allowed_covariates: tuple[str, ...] = ()
 
 
+KEY_DEFAULTS: dict[str, str] = {
+    "site_key": "keys/site.key",
+    "node_key": "keys/node.key",
+    "coordinator_key": "consortium/coordinator.pub",
+    "ca_cert": "consortium/ca.pem",
+    "consortium_registry": "consortium/consortium.toml",
+}
+"""Default key paths, relative to site.toml (the layout ``her2fed site keys`` creates)."""
+OPTIONAL_KEY_DEFAULTS: dict[str, str] = {"lead_key": "consortium/lead.pub"}
+"""Files with a default path that ``site start`` does not require."""
+
+
+@dataclass(frozen=True)
+class KeyPaths:
+    """Absolute-or-config-relative paths of the site's keys and the consortium's public files."""
+
+    site_key: Path
+    node_key: Path
+    coordinator_key: Path
+    ca_cert: Path
+    consortium_registry: Path
+    lead_key: Path
+    allowlist: Path | None = None
+
+    @classmethod
+    def defaults(cls, config_path: Path) -> KeyPaths:
+        base = config_path.parent
+        paths = {**KEY_DEFAULTS, **OPTIONAL_KEY_DEFAULTS}
+        return cls(**{k: base / v for k, v in paths.items()})
+
+
 @dataclass(frozen=True)
 class SiteConfig:
     path: Path
@@ -45,6 +93,12 @@ class SiteConfig:
     tables: dict[str, Path] = field(default_factory=dict)
     registry: dict[str, Path] = field(default_factory=dict)
     policy: Policy = Policy()
+    keys: KeyPaths | None = None
+    """Set by ``parse_site`` (defaults without a [keys] table); None for in-memory configs."""
+
+    @property
+    def key_paths(self) -> KeyPaths:
+        return self.keys or KeyPaths.defaults(self.path)
 
 
 def _where(path: Path, key: str) -> str:
@@ -108,8 +162,76 @@ def parse_site(doc: dict[str, Any], path: Path) -> SiteConfig:
             )
         tables[name] = file
     return SiteConfig(
-        path, site["id"], country, tables, registry, _policy(doc.get("policy", {}), path)
+        path,
+        site["id"],
+        country,
+        tables,
+        registry,
+        _policy(doc.get("policy", {}), path),
+        _keys(doc.get("keys", {}), path),
     )
+
+
+def _keys(raw: Any, path: Path) -> KeyPaths:
+    if not isinstance(raw, dict):
+        raise SpecError(
+            _where(path, "keys"), "must be a table", 'write [keys] with site_key = "keys/site.key"'
+        )
+    known_defaults = {**KEY_DEFAULTS, **OPTIONAL_KEY_DEFAULTS}
+    known = [*known_defaults, "allowlist"]
+    values: dict[str, Path] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise SpecError(_where(path, f"keys.{key}"), "unknown key", f"use {known}")
+        if not isinstance(value, str) or not value:
+            raise SpecError(
+                _where(path, f"keys.{key}"),
+                f"must be a file path, got {value!r}",
+                f'e.g. {key} = "{known_defaults.get(key, "allowlist.toml")}" (relative path)',
+            )
+        values[key] = path.parent / value
+    defaults = KeyPaths.defaults(path)
+    return KeyPaths(
+        site_key=values.get("site_key", defaults.site_key),
+        node_key=values.get("node_key", defaults.node_key),
+        coordinator_key=values.get("coordinator_key", defaults.coordinator_key),
+        ca_cert=values.get("ca_cert", defaults.ca_cert),
+        consortium_registry=values.get("consortium_registry", defaults.consortium_registry),
+        lead_key=values.get("lead_key", defaults.lead_key),
+        allowlist=values.get("allowlist"),
+    )
+
+
+_FROM_LEAD = "the consortium lead sends it (her2fed consortium init writes it)"
+KEY_FILE_FIXES: dict[str, str] = {
+    "site_key": "run `her2fed site keys {config}` to create the site's keys, or point "
+    "keys.site_key in {config} at the existing Ed25519 key",
+    "node_key": "run `her2fed site keys {config}` to create the site's keys, or point "
+    "keys.node_key in {config} at the existing SuperNode key",
+    "coordinator_key": "copy coordinator.pub there (" + _FROM_LEAD + "), or set "
+    "keys.coordinator_key in {config}",
+    "ca_cert": "copy the consortium's ca.pem there (" + _FROM_LEAD + "), or set keys.ca_cert in "
+    "{config}",
+    "consortium_registry": "copy consortium.toml there (" + _FROM_LEAD + " and updates it after "
+    "every `her2fed consortium add-site`), or set keys.consortium_registry in {config}",
+    "allowlist": "write the allowlist (`her2fed-site-agent --print-fab` prints the entry of the "
+    "installed version) or remove keys.allowlist from {config}",
+}
+
+
+def require_key_files(cfg: SiteConfig) -> KeyPaths:
+    """The site's key paths, after checking every file exists (one error naming the first gap)."""
+    keys = cfg.key_paths
+    for name in [*KEY_DEFAULTS, "allowlist"]:
+        file: Path | None = getattr(keys, name)
+        if file is not None and not file.is_file():
+            problem = "is a directory, not a file" if file.is_dir() else "does not exist"
+            raise SpecError(
+                _where(cfg.path, f"keys.{name}"),
+                f"{file} {problem}",
+                KEY_FILE_FIXES[name].format(config=cfg.path),
+            )
+    return keys
 
 
 def _policy(raw: Any, path: Path) -> Policy:

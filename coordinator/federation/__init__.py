@@ -6,9 +6,13 @@
 - ``pki``: a run CA and server certificate;
 - ``serverapp``: the Flower ServerApp that opens sessions at the sites;
 - ``local``: ``LocalFederation`` (SuperLink, gateway, SuperNodes, site agents on loopback);
-- ``gateway``: the fleet-only TLS gateway; ``processes``: starting and reliably stopping them.
+- ``gateway``: the fleet-only TLS gateway; ``processes``: starting and reliably stopping them;
+- ``control``: the SuperLink Control API client and ``open_study_session`` (local and deployed);
+- ``consortium``: FEDERATION.toml, ``consortium init`` and ``add-site`` (CA, keys, registry);
+- ``deployed``: ``consortium serve`` (SuperLink + gateway) and ``study run``'s federation.
 
-Only ``serverapp``, ``local`` and ``gateway`` import Flower (or its web stack).
+Only ``serverapp``, ``local``, ``gateway``, ``control`` and ``deployed`` import Flower (or
+its web stack).
 """
 
 from coordinator.federation.pki import RunPki, make_run_pki

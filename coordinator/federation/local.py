@@ -26,63 +26,61 @@ process this federation started, including those Flower started itself.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.common.serde import fab_to_proto, run_from_proto, user_config_to_proto
-from flwr.proto.control_pb2 import (
-    ListNodesRequest,
-    ListRunsRequest,
-    RegisterNodeRequest,
-    StartRunRequest,
-    StopRunRequest,
-)
-from flwr.supercore.control.control_http_client import ControlHttpClient
-from flwr.supercore.fab import Fab
-from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
+from coordinator.federation.control import (
+    FederationError,
+    FlowerControl,
+    RunOutcome,
+    open_study_session,
+)
 from coordinator.federation.gateway import FleetGateway
 from coordinator.federation.pki import RunPki, make_run_pki
-from coordinator.federation.processes import ProcessSet, signal_guard
 from coordinator.federation.server import AggregationServer, AggregationSession
 from coordinator.federation.sites import SiteKeys
 from her2fed.errors import Her2fedError
 from her2fed.secagg.registry import Registry, public_key_bytes, registry_to_toml
 from site_agent.federation.agent import DEFAULT_HANDLER
-from site_agent.federation.fab import FabBundle, her2fed_fab
+from site_agent.federation.fab import FabBundle
 from site_agent.federation.keys import (
     generate_key,
     write_private_key,
     write_public_key,
     write_supernode_key,
 )
+from site_agent.federation.processes import (
+    FLOWER_ENV,
+    ProcessSet,
+    flower_env,
+    free_port,
+    signal_guard,
+    tool,
+)
+
+__all__ = [
+    "FLOWER_ENV",
+    "FederationError",
+    "LocalFederation",
+    "RunOutcome",
+    "SiteSpec",
+    "free_port",
+    "tool",
+]
 
 log = logging.getLogger("her2fed.federation.local")
-
-FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
-    "PYTHONUNBUFFERED": "1",
-}
-
-
-class FederationError(Her2fedError):
-    """The local federation could not start or a run did not finish (names the log to read)."""
 
 
 @dataclass(frozen=True)
@@ -94,32 +92,6 @@ class SiteSpec:
     """``module:factory`` the site agent imports (installed code)."""
     allowlist: str | None = None
     """Path of the site's allowlist.toml (default: the installed app only)."""
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    run_id: int
-    status: str
-    sub_status: str
-    details: str
-    report: dict[str, Any] = field(default_factory=dict)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def tool(name: str) -> str:
-    """A console script of this environment (the one running Python), else from PATH."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise FederationError(f"{name} is not installed; install flwr==1.41.0")
-    return found
 
 
 class LocalFederation:
@@ -147,7 +119,7 @@ class LocalFederation:
         self.superlink_address = ""
         self.coordinator_key: Ed25519PrivateKey | None = None
         self.consortium: Registry | None = None
-        self._control: ControlHttpClient | None = None
+        self._control: FlowerControl | None = None
         self._guard = signal_guard()
 
     # ------------------------------------------------------------------ lifecycle
@@ -176,8 +148,7 @@ class LocalFederation:
         """Stop everything; returns pids that survived (should be empty)."""
         # Our own keep-alive connections first: uvicorn waits for open ones before exiting.
         if self._control is not None:
-            with contextlib.suppress(Exception):
-                self._control.close()
+            self._control.close()
             self._control = None
         if self.gateway is not None:
             self.gateway.stop()
@@ -187,11 +158,13 @@ class LocalFederation:
             self.aggregation.stop()
             self.aggregation = None
         self._guard.__exit__()
+        if self._own_dir and not survivors:
+            # the run's private keys and CA live here: never leave them in /tmp
+            shutil.rmtree(self.workdir, ignore_errors=True)
         return survivors
 
     def flower_env(self, home: str) -> dict[str, str]:
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        return {**FLOWER_ENV, "FLWR_HOME": str(self.workdir / "flwr" / home), "PATH": path}
+        return flower_env(self.workdir / "flwr" / home)
 
     def _start(self) -> None:
         keys_dir = self.workdir / "keys"
@@ -236,18 +209,14 @@ class LocalFederation:
             ],
             self.flower_env("superlink"),
         )  # fmt: skip
-        self._control = ControlHttpClient.from_server_address(
-            server_address=self.superlink_address,
-            insecure=False,
-            root_certificates=pki.ca_pem(),
-            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+        self._control = control = FlowerControl(
+            self.superlink_address,
+            pki.ca_pem(),
+            log_hint=f"{self.processes.log_dir}/superlink.log",
         )
-        self._wait(lambda: self._control_ok(), "the SuperLink did not come up", "superlink")
+        self._wait(control.reachable, "the SuperLink did not come up", "superlink")
         for site in self.sites:
-            res = self._control.RegisterNode(
-                RegisterNodeRequest(public_key=node_public[site.site_id], name=site.site_id)
-            )
-            self.node_ids[site.site_id] = res.node_id
+            self.node_ids[site.site_id] = control.register(site.site_id, node_public[site.site_id])
 
         self.gateway = FleetGateway(
             host=self.host,
@@ -298,14 +267,6 @@ class LocalFederation:
         )
         log.info("local federation up: %s", ", ".join(self.node_ids))
 
-    def _control_ok(self) -> bool:
-        assert self._control is not None
-        try:
-            self._control.ListNodes(ListNodesRequest())
-        except Exception:
-            return False
-        return True
-
     def _wait(self, ok: Any, problem: str, logs: str) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while not ok():
@@ -318,55 +279,20 @@ class LocalFederation:
     # ------------------------------------------------------------------ control plane
 
     @property
-    def control(self) -> ControlHttpClient:
+    def control(self) -> FlowerControl:
         if self._control is None:
             raise FederationError("the federation is not running")
         return self._control
 
     def online_sites(self) -> list[str]:
-        by_id = {v: k for k, v in self.node_ids.items()}
-        nodes = self.control.ListNodes(ListNodesRequest()).nodes_info
-        return sorted(
-            by_id[n.node_id] for n in nodes if n.status == "online" and n.node_id in by_id
-        )
+        return self.control.online(self.node_ids)
 
     def submit(self, fab: FabBundle, run_config: Mapping[str, str | int | float | bool]) -> int:
         """Start a Flower run of ``fab`` (the coordinator's side of ``flwr run``)."""
-        request = StartRunRequest(
-            fab=fab_to_proto(Fab(fab.sha256, fab.content, {})),
-            override_config=user_config_to_proto(dict(run_config)),
-            federation="",
-        )
-        res = self.control.StartRun(request)
-        if not res.HasField("run_id"):
-            raise FederationError("the SuperLink did not start the run")
-        return int(res.run_id)
+        return self.control.submit(fab, run_config)
 
     def wait_run(self, run_id: int, timeout: float, report_path: Path | None = None) -> RunOutcome:
-        deadline = time.monotonic() + timeout
-        while True:
-            runs = self.control.ListRuns(ListRunsRequest(run_id=run_id)).run_dict
-            if run_id in runs:
-                run = run_from_proto(runs[run_id])
-                if run.status.status == "finished":
-                    report: dict[str, Any] = {}
-                    if report_path is not None and report_path.exists():
-                        report = json.loads(report_path.read_text(encoding="utf-8"))
-                    return RunOutcome(
-                        run_id,
-                        run.status.status,
-                        run.status.sub_status,
-                        run.status.details,
-                        report,
-                    )
-            if time.monotonic() > deadline:
-                with contextlib.suppress(Exception):
-                    self.control.StopRun(StopRunRequest(run_id=run_id))
-                raise FederationError(
-                    f"run {run_id} did not finish within {timeout:g} s; see "
-                    f"{self.processes.log_dir}/superlink.log"
-                )
-            time.sleep(0.2)
+        return self.control.wait_run(run_id, timeout, report_path)
 
     def open_session(
         self,
@@ -383,30 +309,16 @@ class LocalFederation:
         """
         if self.aggregation is None:
             raise FederationError("the federation is not running")
-        session = self.aggregation.open_session(study_hash, list(self.node_ids))
-        report = self.workdir / "runs" / f"{session.session_id}.json"
-        report.parent.mkdir(exist_ok=True)
-        run_id = self.submit(
-            fab or her2fed_fab(),
-            {
-                "session-id": session.session_id,
-                "study-hash": study_hash,
-                "aggregation-address": self.aggregation.address,
-                "expected-sites": len(self.node_ids),
-                "open-timeout": timeout,
-                "nodes-timeout": timeout,
-                "status-path": str(report),
-                "flower-ping-rounds": flower_ping_rounds,
-            },
+        return open_study_session(
+            self.control,
+            self.aggregation,
+            node_ids=self.node_ids,
+            study_hash=study_hash,
+            report_dir=self.workdir / "runs",
+            timeout=timeout,
+            flower_ping_rounds=flower_ping_rounds,
+            fab=fab,
         )
-        try:
-            session.wait_for_sites(timeout)
-        except BaseException:
-            session.close("the session could not be opened at every site")
-            with contextlib.suppress(Exception):
-                self.wait_run(run_id, 15.0, report)
-            raise
-        return session, self.wait_run(run_id, timeout, report)
 
     def kill_site(self, site_id: str) -> None:
         """SIGKILL a site's agent (its session stream drops; its SuperNode stays up)."""

@@ -33,7 +33,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 class RunPki:
     directory: Path
     ca_cert: Path
-    ca_key: Path
+    ca_key: Path | None
+    """None where the CA key is not on this host (a consortium keeps it offline)."""
     server_cert: Path
     server_key: Path
 
@@ -135,7 +136,7 @@ def make_run_pki(
         server_key=directory / "server.key",
     )
     pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(pki.ca_key, ca_key)
+    _write_private(directory / "ca.key", ca_key)
     pki.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     _write_private(pki.server_key, server_key)
     return pki

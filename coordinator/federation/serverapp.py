@@ -4,7 +4,9 @@ Flower carries the control plane (which sites are enrolled and online, run
 lifecycle); the study's rounds run over the aggregation service's gRPC
 streams, because a Flower message round costs seconds. So a run of this app:
 
-1. waits until ``expected-sites`` SuperNodes are online (``nodes-timeout``);
+1. waits until ``expected-sites`` SuperNodes are online (``nodes-timeout``) —
+   when ``node-ids`` (comma-separated) is set, until exactly those are, and
+   only those are contacted (a registered node outside the study is not);
 2. optionally sends ``flower-ping-rounds`` rounds of ``query.ping`` and times
    them (for the latency comparison in docs/federation.md);
 3. sends every node one ``query.open_session`` message with the session id,
@@ -38,13 +40,21 @@ class SessionOpenFailed(RuntimeError):
     """Raised at the end of a run in which some site did not join (Flower marks the run failed)."""
 
 
-def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+def _wait_for_nodes(
+    grid: Grid, expected: int, timeout: float, wanted: frozenset[int] = frozenset()
+) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
         nodes = sorted(grid.get_node_ids())
+        if wanted:
+            nodes = [n for n in nodes if n in wanted]
         if len(nodes) >= expected or time.monotonic() >= deadline:
             return nodes
         time.sleep(0.25)
+
+
+def _node_ids(text: str) -> frozenset[int]:
+    return frozenset(int(part) for part in text.split(",") if part.strip())
 
 
 def _write_report(path: str, report: dict[str, Any]) -> None:
@@ -76,7 +86,8 @@ def main(grid: Grid, context: Context) -> None:
     expected = int(cfg["expected-sites"])
     open_timeout = float(cfg["open-timeout"])
     report: dict[str, Any] = {"run_id": context.run_id, "statuses": {}, "ping_seconds": []}
-    nodes = _wait_for_nodes(grid, expected, float(cfg["nodes-timeout"]))
+    wanted = _node_ids(str(cfg.get("node-ids", "")))
+    nodes = _wait_for_nodes(grid, expected, float(cfg["nodes-timeout"]), wanted)
     report["nodes"] = nodes
     if len(nodes) < expected:
         report["error"] = f"only {len(nodes)} of {expected} site(s) online"

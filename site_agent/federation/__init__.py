@@ -6,7 +6,9 @@
 - ``session``: ``SiteRuntime`` opens sessions when Flower's "open session" message arrives;
 - ``clientapp``: the installed Flower ClientApp; ``agent``: ``her2fed-site-agent``, the
   process that runs it for a SuperNode started with ``--isolation process``;
-- ``allowlist`` / ``fab``: which app bundles the site accepts a run for.
+- ``allowlist`` / ``fab``: which app bundles the site accepts a run for;
+- ``card``: the site card (public keys for the lead); ``deploy``: ``her2fed site keys`` and
+  ``her2fed site start`` (SuperNode + agent, supervised); ``processes``: starting and stopping.
 
 Only ``clientapp``, ``agent`` and ``fab.build_fab`` import Flower.
 """

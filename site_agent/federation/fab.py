@@ -33,6 +33,7 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float] = {
     "study-hash": "",
     "aggregation-address": "",
     "expected-sites": 0,
+    "node-ids": "",
     "open-timeout": 60.0,
     "nodes-timeout": 60.0,
     "status-path": "",

@@ -9,6 +9,7 @@ out over the phone when a privacy officer checks a fingerprint.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -125,10 +126,29 @@ def write_supernode_key(path: str | Path) -> bytes:
 
 
 def load_consortium(path: str | Path) -> Registry:
-    """The consortium registry file (``[coordinator]`` and ``[sites]`` public keys)."""
+    """The consortium registry file (``[coordinator]`` and ``[sites]`` public keys).
+
+    A registry whose ``[sites]`` is still empty (right after ``her2fed
+    consortium init``) is read as listing no site, so the caller can say
+    "your site is not listed" instead of a syntax complaint.
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise KeyFileError(f"{p}: consortium registry not found; ask the consortium lead") from None
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{p}: not a text file; ask the consortium lead for it again") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        doc = {}  # parse_registry_toml below reports the syntax error with its position
+    coordinator = doc.get("coordinator")
+    if (
+        doc.get("sites") == {}
+        and isinstance(coordinator, dict)
+        and set(coordinator) == {"public_key"}
+    ):
+        key = parse_public_hex(str(coordinator["public_key"]), f"{p}: coordinator.public_key")
+        return Registry(sites={}, coordinator=key.public_bytes_raw())
     return parse_registry_toml(text, str(p))

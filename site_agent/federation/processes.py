@@ -1,4 +1,8 @@
-"""Start the processes of a local federation and make sure every one of them stops.
+"""Start federation processes (Flower servers, site agents) and make sure every one stops.
+
+Used by the coordinator's ``LocalFederation`` and ``consortium serve`` and by
+a hospital's ``her2fed site start`` (which is why it lives on the site's side:
+a site installation never needs coordinator code).
 
 Flower's servers start helpers of their own, some detached into new sessions
 (the SuperLink's SuperExec, which starts ``flwr-serverapp``), so killing our
@@ -21,21 +25,76 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from her2fed.errors import Her2fedError
 
 log = logging.getLogger("her2fed.federation.processes")
 
 MARK = "HER2FED_FEDERATION_MARK"
 _PROC = Path("/proc")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+    "PYTHONUNBUFFERED": "1",
+}
+"""Environment of every Flower process we start: no telemetry, no update checks, no installs."""
+
+
+class ProcessError(Her2fedError):
+    """A program this federation needs is missing or could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (the one running Python), else from PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise ProcessError(
+            f"{name} is not installed. Fix: install her2fed with its dependencies "
+            "(pip install -e . installs flwr==1.41.0)"
+        )
+    return found
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Flower's settings plus a private ``FLWR_HOME`` and this environment's scripts first on PATH.
+
+    A private home per process keeps Flower from reading or writing a shared
+    ``~/.flwr`` (installed app bundles, connection profiles).
+    """
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**FLOWER_ENV, "FLWR_HOME": str(home), "PATH": path}
+
+
+def strip_ansi(text: str) -> str:
+    """Flower colours its log lines even into pipes; a log file or journal wants plain text."""
+    return _ANSI.sub("", text)
 
 
 def marked_pids(mark: str) -> list[int]:
@@ -83,24 +142,48 @@ class ProcessSet:
         return env
 
     def spawn(
-        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        output: Callable[[str], None] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` in a new session, output to ``log_dir/name.log``."""
+        """Start ``argv`` in a new session, output to ``log_dir/name.log``.
+
+        With ``output``, every line (ANSI colours removed) is also handed to it
+        as it arrives, e.g. to show a supervised process's log on the console.
+        A name may be reused once its previous process has exited (a restart).
+        """
         with self._lock:
             if self._stopped:
                 raise RuntimeError("this federation's processes were stopped")
-            if name in self._children:
+            previous = self._children.get(name)
+            if previous is not None and previous.poll() is None:
                 raise ValueError(f"a process named {name!r} exists already")
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.log_dir / f"{name}.log", "ab") as out:
+            logfile = self.log_dir / f"{name}.log"
+            if output is None:
+                with open(logfile, "ab") as out:
+                    proc = subprocess.Popen(
+                        list(argv),
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=self.env(env),
+                        start_new_session=True,
+                    )
+            else:
                 proc = subprocess.Popen(
                     list(argv),
                     stdin=subprocess.DEVNULL,
-                    stdout=out,
+                    stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     env=self.env(env),
                     start_new_session=True,
                 )
+                threading.Thread(
+                    target=_pump, args=(proc, logfile, output), name=f"log-{name}", daemon=True
+                ).start()
             self._children[name] = proc
         log.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
         return proc
@@ -155,6 +238,18 @@ class ProcessSet:
         return marked_pids(self.mark)
 
 
+def _pump(proc: subprocess.Popen[bytes], logfile: Path, output: Callable[[str], None]) -> None:
+    """Copy a child's output line by line to its log file and to ``output`` until it closes."""
+    assert proc.stdout is not None
+    with open(logfile, "ab") as out:
+        for raw in proc.stdout:
+            out.write(raw)
+            out.flush()
+            line = strip_ansi(raw.decode("utf-8", errors="replace")).rstrip()
+            with contextlib.suppress(Exception):  # a broken console must not kill the pump
+                output(line)
+
+
 class _SignalGuard:
     """While active, SIGTERM and SIGHUP raise SystemExit in the main thread (so cleanup runs)."""
 
@@ -182,3 +277,25 @@ def _raise_exit(signum: int, frame: FrameType | None) -> None:
 
 def signal_guard() -> _SignalGuard:
     return _SignalGuard()
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM/SIGHUP while stopping children, then restore the handlers.
+
+    A service manager or ``timeout`` may deliver a second SIGTERM (or a user
+    press Ctrl-C twice) while we are stopping; with the default action that
+    would kill this process half-way and leave its children running.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
