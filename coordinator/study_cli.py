@@ -55,7 +55,8 @@ def study_commands(sub: Subparsers) -> Subparsers:
         parser = sub.add_parser(
             "study",
             help="consortium lead: study keys, signatures and runs",
-            description="Commands on study files: sign them for the sites' approval.",
+            description="Commands on study files: sign them for the sites' approval and run "
+            "them across the consortium.",
         )
         group = parser.add_subparsers(dest="study_command", required=True, metavar="COMMAND")
         _GROUPS[parser] = group
