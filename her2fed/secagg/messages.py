@@ -103,11 +103,12 @@ class Message:
         """Payload checks; subclasses refuse non-canonical payloads here."""
 
     def _write(self, w: wire.Writer) -> None:
-        raise NotImplementedError
+        # every concrete message writes its own payload; the base has none
+        raise TypeError(f"{type(self).__name__} defines no payload encoding")
 
     @classmethod
     def _read(cls, r: wire.Reader) -> dict[str, Any]:
-        raise NotImplementedError
+        raise TypeError(f"{cls.__name__} defines no payload decoding")
 
     def body(self) -> bytes:
         """The signed bytes: everything except the signature (computed once per message)."""
