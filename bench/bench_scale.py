@@ -54,7 +54,7 @@ from numpy.typing import NDArray
 
 from coordinator.orchestrate import StudyOutcome, run_study
 from coordinator.results import pooled_json
-from coordinator.transport import AggregationError, InProcessTransport, _flatten, _split
+from coordinator.transport import AggregationError, InProcessTransport
 from her2fed.cox import CoxResult
 from her2fed.grid import TimeGrid
 from her2fed.protocol import Query
@@ -66,7 +66,7 @@ from her2fed.secagg.messages import Message
 from her2fed.secagg.randomness import SYSTEM_RANDOM
 from her2fed.secagg.site import SiteSession
 from her2fed.study import Study, parse_analysis
-from her2fed.summary import Additive
+from her2fed.summary import Additive, flatten_all, split_flat
 from site_agent.config import Policy, SiteConfig
 from site_agent.handlers import SiteAgent
 
@@ -253,7 +253,7 @@ class TimedSecureTransport:
 
             def summarise(agent: SiteAgent = agent) -> tuple[list[Additive], Vectors]:
                 mine = agent.answer(queries)
-                return mine, _flatten(mine)
+                return mine, flatten_all(mine)
 
             answers[agent.site_id], flat[agent.site_id] = led.run(
                 agent.site_id, "summary", r, summarise
@@ -265,12 +265,7 @@ class TimedSecureTransport:
             raise AggregationError("sites answered with different summary layouts; refused")
         n_ints, n_floats = (len(v) for v in next(iter(flat.values())))
         c = self._secure
-        if (
-            c is None
-            or c.rounds_used >= c.config.n_rounds
-            or n_ints > c.config.n_ints
-            or n_floats > c.config.n_floats
-        ):
+        if c is None or not c.config.fits(c.rounds_used, n_ints, n_floats):
             c = self._open(n_ints, n_floats, r)
         self.ring_bytes[r] = 8 * c.config.encoding.ring_length
         pad_i, pad_f = c.config.n_ints - n_ints, c.config.n_floats - n_floats
@@ -285,7 +280,10 @@ class TimedSecureTransport:
             raise AggregationError(f"site(s) {dropped} dropped out of the secure sum")
         first = next(iter(answers.values()))
         out = led.run(
-            COORD, "finish", r, lambda: _split(first, total.ints[:n_ints], total.floats[:n_floats])
+            COORD,
+            "finish",
+            r,
+            lambda: split_flat(first, total.ints[:n_ints], total.floats[:n_floats]),
         )
         self.agg_end.append(time.perf_counter())
         return out

@@ -22,7 +22,6 @@ from coordinator.transport import (
     AggregationError,
     SecureStats,
     SitesDropped,
-    _split,
 )
 from her2fed.protocol import Query
 from her2fed.secagg import messages
@@ -31,7 +30,7 @@ from her2fed.secagg.coordinator import CoordinatorSession, SecureSum
 from her2fed.secagg.errors import SecAggError
 from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
 from her2fed.secagg.registry import Registry
-from her2fed.summary import Additive, zeros_like_layout
+from her2fed.summary import Additive, flatten_all, split_flat, zeros_like_layout
 from site_agent.federation.study_handler import encode_queries
 
 
@@ -105,27 +104,20 @@ class GrpcTransport:
             zeros_like_layout(kind, tuple((n, tuple(sh), d) for n, sh, d in fields))
             for kind, fields in json.loads(next(iter(layouts.values())))
         ]
-        n_ints = sum(t.flatten()[0].size for t in templates)
-        n_floats = sum(t.flatten()[1].size for t in templates)
+        n_ints, n_floats = (v.size for v in flatten_all(templates))
         c = self._secure
-        if (
-            c is None
-            or c.config.n_rounds - self._rounds_in_session <= 0
-            or n_ints > c.config.n_ints
-            or n_floats > c.config.n_floats
-        ):
+        if c is None or not c.config.fits(self._rounds_in_session, n_ints, n_floats):
             c = self._open(n_ints, n_floats)
         try:
             total = self._secure_round(c)
         except SecAggError as err:
             self._secure = None
             raise AggregationError(f"secure aggregation aborted, nothing released: {err}") from None
-        self.stats.rounds += 1
-        self.stats.max_float_error = max(self.stats.max_float_error, total.float_error_bound)
+        self.stats.record(total)
         missing = sorted(set(self._sites) - set(total.contributors))
         if missing:
             raise SitesDropped({s: "left the secure sum" for s in missing})
-        return _split(templates, total.ints[:n_ints], total.floats[:n_floats])
+        return split_flat(templates, total.ints[:n_ints], total.floats[:n_floats])
 
     def _open(self, n_ints: int, n_floats: int) -> CoordinatorSession:
         config = SessionConfig.create(

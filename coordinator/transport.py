@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from numpy.typing import NDArray
 
 from her2fed.errors import Her2fedError
 from her2fed.protocol import Query
+from her2fed.secagg.coordinator import SecureSum
 from her2fed.secagg.driver import Consortium, SteppedSession, simulated_consortium
 from her2fed.secagg.errors import SessionAbortedError
 from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
-from her2fed.summary import Additive, merge
+from her2fed.summary import Additive, flatten_all, merge, split_flat
 from site_agent.handlers import SiteAgent
 
 MIN_SECURE_SITES = 3
@@ -63,29 +63,15 @@ class Transport(Protocol):
 
 @dataclass
 class SecureStats:
+    """What results.json reports about secure aggregation (both transports)."""
+
     sessions: int = 0
     rounds: int = 0
     max_float_error: float = 0.0
 
-
-def _flatten(answers: Sequence[Additive]) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    parts = [a.flatten() for a in answers]
-    ints = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    floats = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float64)
-    return ints.astype(np.int64), floats.astype(np.float64)
-
-
-def _split(
-    templates: Sequence[Additive], ints: NDArray[np.int64], floats: NDArray[np.float64]
-) -> list[Additive]:
-    """Cut the summed vectors back into summaries of the (public) layouts."""
-    out: list[Additive] = []
-    i = f = 0
-    for t in templates:
-        ti, tf = t.flatten()
-        out.append(t.unflatten(ints[i : i + ti.size], floats[f : f + tf.size]))
-        i, f = i + ti.size, f + tf.size
-    return out
+    def record(self, total: SecureSum) -> None:
+        self.rounds += 1
+        self.max_float_error = max(self.max_float_error, total.float_error_bound)
 
 
 class InProcessTransport:
@@ -157,15 +143,10 @@ class InProcessTransport:
 
     def _secure_sum(self, answers: list[list[Additive]]) -> list[Additive]:
         assert self._consortium is not None
-        flat = {a.site_id: _flatten(ans) for a, ans in zip(self._agents, answers, strict=True)}
+        flat = {a.site_id: flatten_all(ans) for a, ans in zip(self._agents, answers, strict=True)}
         n_ints, n_floats = (len(v) for v in next(iter(flat.values())))
         s = self._session
-        if (
-            s is None
-            or s.rounds_left == 0
-            or n_ints > s.config.n_ints
-            or n_floats > s.config.n_floats
-        ):
+        if s is None or not s.config.fits(s.rounds_used, n_ints, n_floats):
             s = SteppedSession(
                 self._consortium,
                 n_ints=n_ints,
@@ -184,9 +165,8 @@ class InProcessTransport:
         except SessionAbortedError as err:
             self._session = None
             raise AggregationError(f"secure aggregation aborted, nothing released: {err}") from None
-        self.stats.rounds += 1
-        self.stats.max_float_error = max(self.stats.max_float_error, total.float_error_bound)
+        self.stats.record(total)
         dropped = sorted(set(flat) - set(total.contributors))
         if dropped:
             raise AggregationError(f"site(s) {dropped} dropped out of the secure sum")
-        return _split(answers[0], total.ints[:n_ints], total.floats[:n_floats])
+        return split_flat(answers[0], total.ints[:n_ints], total.floats[:n_floats])

@@ -1,4 +1,4 @@
-"""Names a study may use with ``dataset = "registry"``: endpoints and derived columns.
+"""Endpoint names a study may use with ``dataset = "registry"``, and what they mean.
 
 The site derives these from its registry extract (docs/registry_schema.md);
 the study refers to them by name only, so every site computes the same thing.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from her2fed.endpoints import ENDPOINTS_LINE, ENDPOINTS_PATIENT
+
 
 @dataclass(frozen=True)
 class EndpointInfo:
@@ -16,28 +18,18 @@ class EndpointInfo:
     meaning: str
 
 
-ENDPOINTS: dict[str, EndpointInfo] = {
-    "os_from_met_dx": EndpointInfo(False, False, "overall survival from metastatic diagnosis"),
-    "os_from_line_start": EndpointInfo(True, False, "overall survival from the start of line k"),
-    "pfs_line": EndpointInfo(True, False, "real-world progression-free survival on line k"),
-    "ttnt_line": EndpointInfo(True, False, "time from line k to the next line or death"),
-    "tot_line": EndpointInfo(True, False, "time on treatment of line k"),
-    "next_line_vs_death": EndpointInfo(
-        True, True, "after line k ends: next line (1) vs death without a next line (2)"
-    ),
+_MEANINGS = {
+    "os_from_met_dx": "overall survival from metastatic diagnosis",
+    "os_from_line_start": "overall survival from the start of line k",
+    "pfs_line": "real-world progression-free survival on line k",
+    "ttnt_line": "time from line k to the next line or death",
+    "tot_line": "time on treatment of line k",
+    "next_line_vs_death": "after line k ends: next line (1) vs death without a next line (2)",
 }
+COMPETING = frozenset({"next_line_vs_death"})
 
-# Columns on derived rows that a study may use for `by`, `strata` or covariates.
-DERIVED_COLUMNS: tuple[str, ...] = (
-    "line",
-    "hr_status",
-    "de_novo",
-    "brain_mets",
-    "age_at_met_dx",
-    "age_group",
-    "ecog",
-    "regimen",
-    "anti_her2",
-    "country",
-    "met_dx_year",
-)
+# names and row level come from the module that derives them, so they cannot drift
+ENDPOINTS: dict[str, EndpointInfo] = {
+    name: EndpointInfo(name in ENDPOINTS_LINE, name in COMPETING, _MEANINGS[name])
+    for name in (*ENDPOINTS_PATIENT, *ENDPOINTS_LINE)
+}

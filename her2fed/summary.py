@@ -9,7 +9,7 @@ pooled estimate independent of how rows were split across sites.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Self, TypeVar
 
 import numpy as np
@@ -96,6 +96,27 @@ def merge(summaries: Iterable[T]) -> T:
         for k, v in s.arrays().items():
             np.add(total[k], v, out=total[k])
     return type(first)(**total)
+
+
+def flatten_all(summaries: Sequence[Additive]) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """One round's summaries as the two flat vectors secure aggregation adds."""
+    parts = [s.flatten() for s in summaries]
+    ints = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    floats = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float64)
+    return ints.astype(np.int64), floats.astype(np.float64)
+
+
+def split_flat(
+    templates: Sequence[Additive], ints: NDArray[np.int64], floats: NDArray[np.float64]
+) -> list[Additive]:
+    """Cut summed flat vectors back into summaries of the templates' (public) layouts."""
+    out: list[Additive] = []
+    i = f = 0
+    for t in templates:
+        ti, tf = t.flatten()
+        out.append(t.unflatten(ints[i : i + ti.size], floats[f : f + tf.size]))
+        i, f = i + ti.size, f + tf.size
+    return out
 
 
 def zeros_like_layout(kind: str, layout: Layout) -> Additive:

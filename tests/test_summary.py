@@ -67,3 +67,25 @@ def test_event_table_counts_and_at_risk() -> None:
     assert tab.censored[0, 0].tolist() == [0, 1, 0, 1]  # 40 > horizon: censored at 30
     assert tab.at_risk()[0, 0].tolist() == [5, 5, 3, 2]
     assert int(tab.dropped[0]) == 3
+
+
+def test_flatten_all_and_split_flat_are_inverse() -> None:
+    """What the transports and the site use to move a round's summaries as two vectors."""
+    from her2fed.summary import flatten_all, split_flat
+
+    a, b = _table(2, 1), _table(3, 2)
+    ints, floats = flatten_all([a, b])  # type: ignore[list-item]
+    back = split_flat([a, b], ints, floats)  # type: ignore[list-item]
+    np.testing.assert_array_equal(back[1].events, b.events)  # type: ignore[attr-defined]
+    assert [x.layout() for x in back] == [a.layout(), b.layout()]  # type: ignore[attr-defined]
+
+
+def test_a_secure_session_is_reused_only_while_rounds_fit() -> None:
+    from her2fed.secagg.config import SessionConfig
+
+    cfg = SessionConfig.create(
+        ("a", "b", "c"), n_rounds=2, n_ints=10, n_floats=5, rng=np.random.default_rng(0).bytes
+    )
+    assert cfg.fits(0, 10, 5) and cfg.fits(1, 3, 0)
+    assert not cfg.fits(2, 1, 1)  # keys were made for two rounds
+    assert not cfg.fits(0, 11, 5) and not cfg.fits(0, 10, 6)  # longer than the session

@@ -77,6 +77,15 @@ class SessionConfig:
                 f"ring vectors of {self.encoding.ring_length} elements exceed {MAX_RING_LENGTH}"
             )
 
+    def fits(self, rounds_used: int, n_ints: int, n_floats: int) -> bool:
+        """Whether a round of this length can reuse the session's key set-up.
+
+        A session's vector lengths are public and fixed when it opens; a
+        shorter round is zero-padded, a longer one (or one past the rounds the
+        keys were made for) needs a new session.
+        """
+        return rounds_used < self.n_rounds and n_ints <= self.n_ints and n_floats <= self.n_floats
+
     @classmethod
     def create(
         cls,

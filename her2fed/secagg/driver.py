@@ -384,13 +384,9 @@ class SteppedSession:
     def _input(self, site: str, r: int, _: Sequence[SecureSum]) -> tuple[ArrayLike, ArrayLike]:
         return self._current[site]
 
-    @property
-    def rounds_left(self) -> int:
-        return self.config.n_rounds - self.rounds_used
-
     def sum(self, inputs: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> SecureSum:
         """The secure sum of one round's ``(ints, floats)`` per site."""
-        if self.rounds_left <= 0:
+        if not self.config.fits(self.rounds_used, 0, 0):
             raise SecAggError("the session has no rounds left; open a new session")
         self._current = inputs
         self._run.round(self.rounds_used)

@@ -31,7 +31,7 @@ from her2fed.secagg import messages
 from her2fed.secagg.randomness import SYSTEM_RANDOM
 from her2fed.secagg.site import SiteSession
 from her2fed.study import parse_study
-from her2fed.summary import Additive
+from her2fed.summary import Additive, flatten_all
 from site_agent.config import load_site
 from site_agent.federation.client import Handler, SiteRefusal
 from site_agent.federation.session import SessionInfo
@@ -104,12 +104,7 @@ class StudySession:
         if self.agent is None:
             raise SiteRefusal("no study has been accepted in this session")
         answers = self.agent.answer(decode_queries(payload))
-        ints = [a.flatten()[0] for a in answers]
-        floats = [a.flatten()[1] for a in answers]
-        self.prepared = (
-            np.concatenate(ints) if ints else np.zeros(0, np.int64),
-            np.concatenate(floats) if floats else np.zeros(0, np.float64),
-        )
+        self.prepared = flatten_all(answers)
         return encode_layouts(answers)
 
     def secagg(self, payload: bytes) -> bytes:
