@@ -39,10 +39,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from scipy.stats import beta, norm
 
 from her2fed.cif import aalen_johansen
 from her2fed.counts import EventTable, event_table
+from her2fed.dists import z_two_sided
 from her2fed.endpoints import END_STATES
 from her2fed.grid import TimeGrid
 from her2fed.lot import IntArray
@@ -207,13 +207,15 @@ def proportion_ci(
         p = np.where(nf > 0, xf / nf, np.nan)
         alpha = 1.0 - conf_level
         if method == "wilson":
-            z = float(norm.ppf(1 - alpha / 2))
+            z = z_two_sided(conf_level)
             denom = nf + z * z
             centre = (xf + z * z / 2) / denom
             half = z / denom * np.sqrt(xf * (nf - xf) / nf + z * z / 4)
             lower = np.where(nf > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
             upper = np.where(nf > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
         elif method == "exact":
+            from scipy.stats import beta  # only the exact interval needs it
+
             lo = beta.ppf(alpha / 2, xf, nf - xf + 1)
             hi = beta.ppf(1 - alpha / 2, xf + 1, nf - xf)
             lower = np.where(nf > 0, np.where(xf > 0, lo, 0.0), np.nan)
@@ -325,7 +327,7 @@ def a3(
                 continue
             r = int(rows[-1])
             cif1[g, k], cif2[g, k], se[g, k] = curve.cif[r, 0], curve.cif[r, 1], curve.std_err[r, 0]
-    z = float(norm.ppf(1 - (1 - conf_level) / 2))
+    z = z_two_sided(conf_level)
     est = 1.0 - cif1
     return A3Result(
         estimate=est,

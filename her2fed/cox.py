@@ -20,8 +20,8 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import chi2, norm
 
+from her2fed.dists import chi2_sf, normal_sf, z_two_sided
 from her2fed.errors import EstimationError
 from her2fed.grid import FloatArray, IntArray, TimeGrid
 from her2fed.summary import Additive
@@ -367,7 +367,7 @@ def maybe_infinite(outcome: NewtonOutcome, var: FloatArray) -> NDArray[np.bool_]
 
 
 def _chisq(stat: float, df: int) -> ChiSquareTest:
-    return ChiSquareTest(stat, df, float(chi2.sf(stat, df)))
+    return ChiSquareTest(stat, df, chi2_sf(stat, df))
 
 
 def cox_result(
@@ -390,7 +390,7 @@ def cox_result(
         ) from None
     se = np.sqrt(np.diag(var))
     z = beta / se
-    zc = float(norm.ppf(1 - (1 - conf_level) / 2))
+    zc = z_two_sided(conf_level)
     df = beta.size
     ll0, ll1 = float(outcome.initial.loglik[0]), float(outcome.final.loglik[0])
     warnings: list[str] = []
@@ -412,7 +412,7 @@ def cox_result(
         coef=beta,
         se=se,
         z=z,
-        p=2 * norm.sf(np.abs(z)),
+        p=2 * normal_sf(np.abs(z)),
         hr=hr,
         hr_lower=hr_lower,
         hr_upper=hr_upper,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.stats import norm
 
+from her2fed.dists import z_two_sided
 from her2fed.grid import FloatArray, IntArray
 
 ConfType = Literal["log", "log-log", "plain"]
@@ -87,7 +87,7 @@ def confidence_band(
     surv: FloatArray, se_log: FloatArray, conf_type: ConfType, conf_level: float
 ) -> tuple[FloatArray, FloatArray]:
     """Pointwise limits for S(t) given the SE of log S(t) (R's survfit rules)."""
-    z = float(norm.ppf(1 - (1 - conf_level) / 2))
+    z = z_two_sided(conf_level)
     with np.errstate(divide="ignore", invalid="ignore"):
         if conf_type == "log":
             s = np.where(surv == 0, np.nan, surv)

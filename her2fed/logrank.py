@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import chi2
 
 from her2fed.counts import EventTable
+from her2fed.dists import chi2_sf
 from her2fed.summary import Additive
 
 
@@ -92,4 +92,4 @@ def logrank_test(parts: LogrankParts, rho: float) -> LogrankResult:
     diff = (o - e)[keep]
     sub = v[np.ix_(keep, keep)]
     stat = float(diff @ np.linalg.lstsq(sub, diff, rcond=None)[0])
-    return LogrankResult(stat, df, float(chi2.sf(stat, df)), o, e, v, rho)
+    return LogrankResult(stat, df, chi2_sf(stat, df), o, e, v, rho)

@@ -11,13 +11,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy.stats import chi2, norm
-
 from coordinator.reporting.fmt import DAYS_PER_MONTH, fnum
+from her2fed.dists import chi2_sf, z_two_sided
 
 
 def z_value(conf_level: float) -> float:
-    return float(norm.ppf(0.5 + conf_level / 2.0))
+    return z_two_sided(conf_level)
 
 
 def at_risk_at(
@@ -109,7 +108,7 @@ def heterogeneity(estimates: Sequence[float], std_errs: Sequence[float]) -> Hete
     q = sum(wi * (y - mean) ** 2 for wi, (y, _) in zip(w, pairs, strict=True))
     df = len(pairs) - 1
     i2 = max(0.0, (q - df) / q) if q > 0 else 0.0
-    return Heterogeneity(q=q, df=df, p=float(chi2.sf(q, df)), i2=i2, k=len(pairs))
+    return Heterogeneity(q=q, df=df, p=chi2_sf(q, df), i2=i2, k=len(pairs))
 
 
 def log_se_from_ci(lo: object, hi: object, conf_level: float) -> float | None:
