@@ -29,15 +29,27 @@ test: lint sysdeps
 	$(PY) -m pytest
 
 DEMO_SITES := athens:GR:400,oslo:NO:700,munich:DE:600
+DEMO_NAMES := athens oslo munich
+HER2FED    := $(VENV)/bin/her2fed
+DEMO_STUDY := examples/her2/study.toml
 
+# The rehearsal takes the real steps: the lead signs the study, each site makes
+# its keys and its privacy officer approves the signed study; then the study
+# runs over a real local federation (gRPC, TLS, secure aggregation).
 demo: setup
-	$(VENV)/bin/her2fed synth --out out/demo/sites --sites $(DEMO_SITES)
-	$(VENV)/bin/her2fed local examples/her2/study.toml \
-	  --site athens=out/demo/sites/athens/site.toml \
-	  --site oslo=out/demo/sites/oslo/site.toml \
-	  --site munich=out/demo/sites/munich/site.toml \
+	$(HER2FED) synth --out out/demo/sites --sites $(DEMO_SITES)
+	@[ -f out/demo/lead.key ] || $(HER2FED) study keygen --out out/demo/lead.key
+	$(HER2FED) study sign $(DEMO_STUDY) --key out/demo/lead.key --out out/demo/study.toml.sig
+	@for s in $(DEMO_NAMES); do \
+	  $(HER2FED) site keys out/demo/sites/$$s/site.toml >/dev/null && \
+	  $(HER2FED) site approve out/demo/sites/$$s/site.toml $(DEMO_STUDY) --yes \
+	    --signature out/demo/study.toml.sig --lead-key out/demo/lead.pub | tail -n 1 || exit 1; \
+	done
+	$(HER2FED) local $(DEMO_STUDY) \
+	  $(foreach s,$(DEMO_NAMES),--site $(s)=out/demo/sites/$(s)/site.toml) \
 	  --out out/demo --transport grpc
 	@echo "open out/demo/report.html in a browser; numbers in out/demo/results.json"
+	@echo "each site's signed audit log: $(HER2FED) site audit show out/demo/sites/athens/site.toml"
 
 bench: setup
 	$(PY) bench/bench_core.py $(if $(QUICK),--quick,)

@@ -24,9 +24,12 @@ from coordinator.study import LoadedStudy, load_study
 from coordinator.study_cli import add_study_commands
 from coordinator.transport import MIN_SECURE_SITES, AggregationError, InProcessTransport
 from her2fed.errors import Her2fedError, SpecError
+from site_agent.approval import check_site_approval
 from site_agent.cli import add_site_commands
 from site_agent.config import SiteConfig, load_site
 from site_agent.handlers import SiteAgent
+from site_agent.policy import PolicyRefusal
+from site_agent.site_files import site_files
 from site_agent.synth import main as synth_main
 
 STUDY_HANDLER = "site_agent.federation.study_handler:factory"
@@ -132,6 +135,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     # every site config is read here first, so a broken one fails before anything starts
     configs = {name: replace(load_site(path), site_id=name) for name, path in args.site}
     _require_secure_sites(len(configs))
+    _require_approved(loaded, configs)
     progress = _progress(args.quiet)
     progress(f"study {study.name!r}: {len(study.analyses)} analyses over {len(configs)} sites")
     if args.transport == "grpc":
@@ -151,6 +155,37 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_approved(loaded: LoadedStudy, configs: dict[str, SiteConfig]) -> None:
+    """Every site must have approved this exact study file, as it would in a federation.
+
+    The site agents check it themselves (over gRPC they refuse the session);
+    checking here first names every site that is not ready in one message,
+    before any process starts, and holds the in-process run to the same rule.
+    """
+    data = loaded.path.read_bytes()
+    problems = []
+    for name, cfg in configs.items():
+        files = site_files(cfg)
+        if not files.site_key.is_file():
+            problems.append(
+                f"site {name}: no identity key at {files.site_key} (it signs the site's audit "
+                f"log). Fix: her2fed site keys {cfg.path}"
+            )
+            continue
+        try:
+            check_site_approval(files, data)
+        except PolicyRefusal as err:
+            problems.append(f"site {name}: {err}")
+    if problems:
+        raise SpecError(
+            str(loaded.path),
+            f"not every site is ready to answer this study ({loaded.hash})",
+            "see below; a rehearsal follows the real steps (docs/deploy.md): `her2fed study "
+            "keygen`, `her2fed study sign`, and at each site `her2fed site approve`\n  "
+            + "\n  ".join(problems),
+        )
+
+
 def _run_over_grpc(
     loaded: LoadedStudy, configs: dict[str, SiteConfig], progress: Callable[[str], None]
 ) -> StudyOutcome:
@@ -163,7 +198,12 @@ def _run_over_grpc(
     from coordinator.grpc_transport import GrpcTransport
 
     specs = [
-        SiteSpec(name, site_config=str(cfg.path.resolve()), handler=STUDY_HANDLER)
+        SiteSpec(
+            name,
+            site_config=str(cfg.path.resolve()),
+            handler=STUDY_HANDLER,
+            identity_key=str(cfg.key_paths.site_key.resolve()),
+        )
         for name, cfg in configs.items()
     ]
     progress("starting a local federation (SuperLink, SuperNodes, site agents; TLS)")

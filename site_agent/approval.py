@@ -54,6 +54,7 @@ from her2fed.protocol import allowed_steps
 from her2fed.study import Analysis, Study, parse_study
 from site_agent.federation.keys import parse_public_hex, read_public_key
 from site_agent.policy import PolicyRefusal
+from site_agent.site_files import SiteFiles
 
 if TYPE_CHECKING:
     from site_agent.audit import AuditLog
@@ -813,3 +814,23 @@ def require_approved(
                 step=step,
             )
         raise
+
+
+def check_site_approval(files: SiteFiles, study_bytes: bytes) -> Approval:
+    """The check a site makes before it answers a study: its pinned lead key and approvals.
+
+    One function for the live query path and for ``her2fed local``'s check
+    before it starts anything, so both refuse for the same reason.
+    """
+    if not files.lead_key.is_file():
+        raise PolicyRefusal(
+            RULE_APPROVAL,
+            "approved by the privacy officer",
+            f"no consortium lead key is pinned at {files.lead_key}, so no study can be "
+            "checked as approved",
+            "the privacy officer saves the lead's public key there (or where [keys] lead_key "
+            "says) and approves the study with `her2fed site approve SITE.toml STUDY.toml`",
+        )
+    return check_approved(
+        ApprovalStore(files.approvals), study_bytes, None, load_lead_key(files.lead_key)
+    )

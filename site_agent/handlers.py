@@ -43,6 +43,8 @@ class SiteAgent:
         self._cox_cache: dict[str, CoxRows] = {}
         self._steps: dict[str, int] = {}  # Newton evaluations answered per Cox analysis
         self._study_checked = False
+        self.last_checks: list[tuple[str, str, object]] = []
+        """(analysis id, rule, threshold) of every policy rule the last round's queries passed."""
 
     @property
     def site_id(self) -> str:
@@ -137,14 +139,17 @@ class SiteAgent:
             check_study(self.config.policy, self.study)
             self._study_checked = True
         out: list[Additive] = []
+        checks: list[tuple[str, str, object]] = []
+        self.last_checks = checks
         for q in queries:
             analysis, rows = self.analysis(q.analysis_id), self.rows(q.analysis_id)
             seen = self._steps.get(q.analysis_id, 0)
+            n = len(rows.patient_group) if isinstance(rows, RegistryRows) else rows.time.size
+            applied = check_query(self.config.policy, analysis, q, n, seen)
+            checks.extend((q.analysis_id, rule, threshold) for rule, threshold in applied)
             if isinstance(rows, RegistryRows):
-                check_query(self.config.policy, analysis, q, len(rows.patient_group), seen)
                 out.append(registry_summary(self.study.grid, analysis, rows, q))
                 continue
-            check_query(self.config.policy, analysis, q, rows.time.size, seen)
             if q.step in ("cox_sums", "cox_derivs"):
                 self._steps[q.analysis_id] = seen + 1
             out.append(local_summary(self.study.grid, analysis, rows, q, self._cox_cache))

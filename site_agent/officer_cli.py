@@ -23,6 +23,7 @@ from site_agent.approval import (
     ApprovalStore,
     describe_header,
     describe_study,
+    key_hex,
     load_lead_key,
     parse_study_bytes,
     read_signature,
@@ -57,7 +58,30 @@ def _site_key(args: argparse.Namespace, files: SiteFiles) -> Ed25519PrivateKey:
 
 
 def _lead_key(args: argparse.Namespace, files: SiteFiles) -> Ed25519PublicKey:
-    path = Path(args.lead_key or files.lead_key)
+    """The lead key studies are checked against; ``--lead-key`` pins it if none is pinned yet.
+
+    The site agent checks approvals against the pinned key only, so an
+    approval made with another key than the pinned one would be refused at
+    query time: that mismatch is an error here, not a surprise later.
+    """
+    if args.lead_key is not None and files.lead_key.is_file():
+        given, pinned = load_lead_key(Path(args.lead_key)), load_lead_key(files.lead_key)
+        if key_hex(given) != key_hex(pinned):
+            raise SpecError(
+                str(args.lead_key),
+                f"is not the lead key pinned at this site ({files.lead_key}, "
+                f"{key_hex(pinned)[:16]}…)",
+                "check the key with the consortium lead; if the lead changed keys, replace "
+                f"{files.lead_key} with the new public key first",
+            )
+        return pinned
+    if args.lead_key is not None:
+        given = load_lead_key(Path(args.lead_key))
+        files.lead_key.parent.mkdir(parents=True, exist_ok=True)
+        files.lead_key.write_bytes(Path(args.lead_key).read_bytes())
+        print(f"pinned the consortium lead key {key_hex(given)} at {files.lead_key}")
+        return given
+    path = files.lead_key
     if not path.is_file():
         raise SpecError(
             f"{files.config}: keys.{LEAD_KEY_FIELD}",

@@ -83,8 +83,16 @@ def check_analysis(policy: Policy, a: Analysis) -> None:
         )
 
 
-def check_query(policy: Policy, a: Analysis, query: Query, n: int, steps_seen: int) -> None:
-    """Rules that need the site's cohort size (complete cases) or the session so far."""
+Applied = tuple[tuple[str, object], ...]
+"""(rule, threshold) pairs a query passed: what the audit log says was checked."""
+
+
+def check_query(policy: Policy, a: Analysis, query: Query, n: int, steps_seen: int) -> Applied:
+    """Rules that need the site's cohort size (complete cases) or the session so far.
+
+    Returns the rules the query passed, so the audit record of the payload
+    can list them; a rule the query breaks raises instead.
+    """
     if n < policy.min_cohort:
         raise PolicyRefusal(
             "min_cohort",
@@ -108,3 +116,9 @@ def check_query(policy: Policy, a: Analysis, query: Query, n: int, steps_seen: i
                 f"analysis {a.id!r} has already asked for {steps_seen} Newton evaluations",
                 "a fit needing more evaluations is refused; check the model",
             )
+        return (
+            ("min_cohort", policy.min_cohort),
+            ("cox_max_params_per_row", policy.cox_max_params_per_row),
+            ("cox_max_iterations", policy.cox_max_iterations),
+        )
+    return (("min_cohort", policy.min_cohort),)

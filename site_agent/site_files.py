@@ -9,10 +9,6 @@ commands and the session handler agree on one layout:
     approvals.toml                  the officer's study approvals
     keys/site.key                   [keys] site_key: signs the audit log
     consortium/lead.pub             [keys] lead_key: the consortium lead's public key
-
-``lead_key`` is read from ``KeyPaths`` once config.py declares it (field
-name ``lead_key``, default ``consortium/lead.pub``, like the other files the
-lead sends); until then the default path is used.
 """
 
 from __future__ import annotations
@@ -44,11 +40,10 @@ def site_files(cfg: SiteConfig) -> SiteFiles:
     """Paths of the approval store, audit log and keys of a loaded site config."""
     base = cfg.path.parent
     keys = cfg.key_paths
-    lead = getattr(keys, LEAD_KEY_FIELD, None)  # present once config.py declares it
     return SiteFiles(
         config=cfg.path,
         audit_log=base / AUDIT_LOG_NAME,
         approvals=base / APPROVALS_NAME,
-        lead_key=Path(lead) if lead is not None else base / DEFAULT_LEAD_KEY,
+        lead_key=keys.lead_key,
         site_key=keys.site_key,
     )

@@ -19,6 +19,7 @@ from coordinator.study import load_study
 from coordinator.transport import InProcessTransport
 from site_agent.handlers import SiteAgent
 from tests.fedrun import site_config
+from tests.rehearsal import approve
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).parent / "her2fed")
@@ -35,6 +36,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     made = sh(sys.executable, "examples/generic/make_sites.py", str(out / "sites"))
     assert made.returncode == 0, made.stderr
+    approve(STUDY, [out / "sites" / s / "site.toml" for s in SITES])
     proc = sh(
         EXE,
         "local",

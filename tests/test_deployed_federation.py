@@ -38,6 +38,7 @@ import psutil
 import pytest
 
 from site_agent.federation.processes import free_port
+from tests.rehearsal import approve
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).parent / "her2fed")
@@ -166,13 +167,6 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         # the lead serves before any site is added: add-site registers at the running SuperLink
         d.spawn("serve", "consortium", "serve", "cons/federation.toml")
         assert made.wait(T) == 0
-        # the reference: the same site configs in one process (runs while the federation starts)
-        d.spawn(
-            "local",
-            "local", str(STUDY),
-            *[a for s in SITES for a in ("--site", f"{s}={work / 'sites' / s / 'site.toml'}")],
-            "--out", str(work / "local"), "--quiet",
-        )  # fmt: skip
         munich = work / "sites" / "munich" / "site.toml"
         munich.write_text(
             munich.read_text(encoding="utf-8")
@@ -197,6 +191,15 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
             assert proc.returncode == 0, err
             card = work / "sites" / site / ("secret" if site == "munich" else "keys")
             assert f"wrote {(card / f'{site}.card.toml').relative_to(work)}" in out
+        # each privacy officer approves the signed study (the sites answer nothing else)
+        approve(STUDY, [work / "sites" / s / "site.toml" for s in SITES])
+        # the reference: the same site configs in one process (runs while the federation starts)
+        d.spawn(
+            "local",
+            "local", str(STUDY),
+            *[a for s in SITES for a in ("--site", f"{s}={work / 'sites' / s / 'site.toml'}")],
+            "--out", str(work / "local"), "--quiet",
+        )  # fmt: skip
         # the impostor: athens' config and identity key, a node key nobody registered
         shutil.copytree(work / "sites" / "athens", work / "impostor")
         (work / "impostor" / "keys" / "node.key").unlink()

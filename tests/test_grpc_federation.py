@@ -8,7 +8,9 @@ crosses the gRPC stream between processes.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +23,10 @@ from coordinator.grpc_transport import GrpcTransport
 from coordinator.orchestrate import run_study
 from coordinator.results import pooled_json
 from coordinator.study import load_study
-from coordinator.transport import AggregationError, InProcessTransport
+from coordinator.transport import AggregationError, InProcessTransport, SitesDropped
 from site_agent.config import load_site
 from site_agent.handlers import SiteAgent
+from tests.rehearsal import approve
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).parent / "her2fed")
@@ -71,7 +74,19 @@ def generic_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         check=True,
         capture_output=True,
     )
-    return {s: out / s / "site.toml" for s in ("athens", "oslo", "munich")}
+    sites = {s: out / s / "site.toml" for s in ("athens", "oslo", "munich")}
+    # a fourth site with oslo's data (its own directory: its own keys and audit log)
+    shutil.copytree(out / "oslo", out / "extra")
+    extra = out / "extra" / "site.toml"
+    extra.write_text(extra.read_text().replace('id = "oslo"', 'id = "extra"'))
+    approve(GENERIC, [*sites.values(), extra])
+    return sites
+
+
+def spec(name: str, config: Path) -> SiteSpec:
+    """A site of the local federation running as itself: its config and its own key."""
+    key = load_site(config).key_paths.site_key
+    return SiteSpec(name, site_config=str(config), handler=HANDLER, identity_key=str(key))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +106,9 @@ def her2_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         check=True,
         capture_output=True,
     )
-    return {s: out / s / "site.toml" for s in ("athens", "oslo", "munich")}
+    sites = {s: out / s / "site.toml" for s in ("athens", "oslo", "munich")}
+    approve(HER2, sites.values())
+    return sites
 
 
 @pytest.mark.parametrize("study", [GENERIC, HER2], ids=["generic", "her2"])
@@ -112,8 +129,8 @@ def test_a_site_killed_mid_study_is_named_and_the_rest_finish(
 ) -> None:
     """Four sites; one dies after round 2; the study restarts and completes on three."""
     loaded = load_study(GENERIC)
-    paths = {**generic_sites, "extra": generic_sites["oslo"]}
-    specs = [SiteSpec(n, site_config=str(p), handler=HANDLER) for n, p in paths.items()]
+    paths = {**generic_sites, "extra": generic_sites["oslo"].parents[1] / "extra" / "site.toml"}
+    specs = [spec(n, p) for n, p in paths.items()]
     messages: list[str] = []
     with LocalFederation(specs, workdir=tmp_path / "fed") as fed:
         session, _ = fed.open_session(loaded.hash)
@@ -152,7 +169,7 @@ def test_too_few_sites_left_releases_nothing(
     generic_sites: dict[str, Path], tmp_path: Path
 ) -> None:
     loaded = load_study(GENERIC)
-    specs = [SiteSpec(n, site_config=str(p), handler=HANDLER) for n, p in generic_sites.items()]
+    specs = [spec(n, p) for n, p in generic_sites.items()]
     with LocalFederation(specs, workdir=tmp_path / "fed") as fed:
         session, _ = fed.open_session(loaded.hash)
         assert fed.coordinator_key is not None and fed.consortium is not None
@@ -168,3 +185,91 @@ def test_too_few_sites_left_releases_nothing(
             run_study(loaded.study, transport)
         session.close()
     assert not fed.leftovers()
+
+
+def _records(config: Path) -> list[dict[str, Any]]:
+    log = config.parent / "audit.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_every_request_and_reply_is_in_the_sites_signed_audit_log(
+    generic_sites: dict[str, Path], tmp_path: Path
+) -> None:
+    """After a real run, each site's log verifies under its own key and holds, per session,
+    the request before every reply: the study accepted, the summaries' layouts with the
+    policy rules they passed, and each masked vector with its secure-aggregation participants."""
+    before = {s: len(_records(p)) for s, p in generic_sites.items()}
+    run_cli(GENERIC, generic_sites, tmp_path / "run", "grpc")
+    for site, config in generic_sites.items():
+        verified = subprocess.run(
+            [EXE, "site", "audit", "verify", str(config)], capture_output=True, text=True
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        new = _records(config)[before[site] :]
+        kinds = [r["kind"] for r in new]
+        assert kinds[0] == "session_opened" and "refusal" not in kinds, kinds
+        session = {r["session_id"] for r in new}
+        assert len(session) == 1  # one study, one session, every record names it
+        sent = [r for r in new if r["kind"] == "payload_sent"]
+        for rec in sent:  # a reply is recorded right after the request it answers
+            assert new[new.index(rec) - 1]["kind"] == "query_received"
+        study = next(r for r in sent if r["details"]["step"] == "study")
+        assert study["size"] == 2 and study["sha256"] == hashlib.sha256(b"ok").hexdigest()
+        masked = [r for r in sent if "masked summaries" in r["details"]["what"]]
+        assert masked, "no masked vector recorded"
+        for rec in masked:
+            assert sorted(rec["details"]["participants"]) == sorted(generic_sites)
+            checks = rec["details"]["checks"]
+            assert {c["name"] for c in checks} >= {"min_cohort"}
+            assert all(c["passed"] for c in checks)
+            assert rec["size"] > 1000  # the masked vector itself, not a summary of it
+
+
+def test_a_study_not_approved_at_a_site_is_refused_there_and_logged(
+    generic_sites: dict[str, Path], tmp_path: Path
+) -> None:
+    """A study changed by one byte is another study: munich never approved it, so munich
+    refuses it (rule study_approval, logged at munich) and the coordinator names munich."""
+    changed = tmp_path / "study.toml"
+    changed.write_bytes(GENERIC.read_bytes() + b"\n# one more line\n")
+    approve(changed, [generic_sites["athens"], generic_sites["oslo"]])
+    loaded = load_study(changed)
+    before = len(_records(generic_sites["munich"]))
+    specs = [spec(n, p) for n, p in generic_sites.items()]
+    with LocalFederation(specs, workdir=tmp_path / "fed") as fed:
+        session, _ = fed.open_session(loaded.hash)
+        assert fed.coordinator_key is not None and fed.consortium is not None
+        with pytest.raises(SitesDropped, match=r"munich: .*study_approval.*not been approved"):
+            GrpcTransport(
+                session,
+                changed.read_bytes(),
+                coordinator_key=fed.coordinator_key,
+                consortium=fed.consortium,
+                timeout=20.0,
+            )
+        session.close()
+    assert not fed.leftovers()
+    new = _records(generic_sites["munich"])[before:]
+    refusal = [r for r in new if r["kind"] == "refusal"]
+    assert len(refusal) == 1 and refusal[0]["details"]["rule"] == "study_approval"
+    assert refusal[0]["study_hash"] == loaded.hash
+    assert not [r for r in new if r["kind"] == "payload_sent"]  # munich sent nothing
+
+
+def test_local_names_every_site_that_has_not_approved(
+    generic_sites: dict[str, Path], tmp_path: Path
+) -> None:
+    changed = tmp_path / "study.toml"
+    changed.write_bytes(GENERIC.read_bytes() + b"\n# not approved anywhere\n")
+    args = [a for name, path in generic_sites.items() for a in ("--site", f"{name}={path}")]
+    proc = subprocess.run(
+        [EXE, "local", str(changed), *args, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for site in generic_sites:
+        assert f"site {site}: refused by site policy study_approval" in proc.stderr
+    assert "her2fed site approve" in proc.stderr
+    assert not (tmp_path / "o" / "results.json").exists()

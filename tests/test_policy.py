@@ -12,6 +12,7 @@ from her2fed.protocol import Query
 from site_agent.config import Policy
 from site_agent.handlers import SiteAgent
 from tests.fedrun import DATASET, analysis, load, run, site_config, split, study_of
+from tests.rehearsal import approve
 
 KM = analysis(
     id="km", kind="km", time="week", event="arrest", by={"column": "fin", "levels": [0, 1]}
@@ -56,6 +57,7 @@ def test_cli_run_with_fine_grid_releases_nothing(
         'id = "km"\nkind = "km"\ndataset = "analysis"\ntime = "week"\n'
         'event = "arrest"\n'
     )
+    approve(study, [site / "site.toml"])  # approved, and still refused by the grid rule
     code = main(
         [
             "local",

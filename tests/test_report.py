@@ -35,6 +35,7 @@ import pytest
 
 from coordinator.report import render_report, write_report
 from her2fed.errors import SpecError
+from tests.rehearsal import approve
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "report"
@@ -510,6 +511,7 @@ SITES = ("athens", "oslo", "munich")
 
 def run_local(study: Path, sites_dir: Path, out: Path) -> Path:
     args = [a for s in SITES for a in ("--site", f"{s}={sites_dir / s / 'site.toml'}")]
+    approve(study, [sites_dir / s / "site.toml" for s in SITES])
     proc = sh(EXE, "local", str(study), *args, "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     return out / "results.json"

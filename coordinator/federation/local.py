@@ -57,6 +57,7 @@ from site_agent.federation.agent import DEFAULT_HANDLER
 from site_agent.federation.fab import FabBundle
 from site_agent.federation.keys import (
     generate_key,
+    read_private_key,
     write_private_key,
     write_public_key,
     write_supernode_key,
@@ -92,6 +93,12 @@ class SiteSpec:
     """``module:factory`` the site agent imports (installed code)."""
     allowlist: str | None = None
     """Path of the site's allowlist.toml (default: the installed app only)."""
+    identity_key: str | None = None
+    """The site's own Ed25519 key (``[keys] site_key``); default: a key made for this run.
+
+    A site that keeps an audit log needs its own key here: the log is signed
+    with the key the agent runs with, and one log has one signer.
+    """
 
 
 class LocalFederation:
@@ -175,7 +182,10 @@ class LocalFederation:
         site_keys = {}
         node_public = {}
         for site in self.sites:
-            key = generate_key()
+            if site.identity_key is not None:
+                key = read_private_key(site.identity_key)
+            else:
+                key = generate_key()
             write_private_key(key, keys_dir / f"{site.site_id}.key")
             site_keys[site.site_id] = key.public_key()
             node_public[site.site_id] = write_supernode_key(keys_dir / f"{site.site_id}.node")

@@ -4,39 +4,55 @@ Steps (``handle(step, payload)``):
 
 - ``study``: the study file's bytes. Accepted only if its SHA-256 is the hash
   Flower's "open session" message named (the coordinator cannot swap the
-  study afterwards); the site's policy is checked against it.
+  study afterwards), the site's privacy officer approved exactly these bytes
+  as signed by the pinned lead key (``her2fed site approve``), and the
+  site's policy allows every analysis.
 - ``prepare``: one round's queries (JSON). The site computes its summaries,
   keeps them, and replies with their public layouts only (kind, field names,
   shapes, dtypes): the coordinator learns lengths, never values.
 - ``secagg``: a secure-aggregation message. The site's summaries of the
   prepared round leave only as a masked vector.
 
-Every refusal is a ``SiteRefusal`` carrying a reason with no patient data
-(policy rule, file/column/row, protocol step); anything unexpected becomes
-the client's fixed generic reason.
+Every request is written to the site's signed audit log before it is acted
+on, and every reply before it is sent (its SHA-256 and size, the policy
+rules it passed, the secure-aggregation participants): a reply that cannot
+be recorded is not sent. Every refusal is a ``SiteRefusal`` carrying a
+reason with no patient data (policy rule, file/column/row, protocol step),
+also logged; anything unexpected becomes the client's fixed generic reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from her2fed.errors import Her2fedError
 from her2fed.protocol import Query
 from her2fed.secagg import messages
 from her2fed.secagg.randomness import SYSTEM_RANDOM
+from her2fed.secagg.registry import public_key_bytes
 from her2fed.secagg.site import SiteSession
 from her2fed.study import parse_study
 from her2fed.summary import Additive, flatten_all
+from site_agent.approval import check_site_approval
+from site_agent.audit import AuditError, AuditLog, Check
 from site_agent.config import load_site
 from site_agent.federation.client import Handler, SiteRefusal
+from site_agent.federation.keys import KeyFileError, read_private_key
 from site_agent.federation.session import SessionInfo
 from site_agent.handlers import SiteAgent
 from site_agent.policy import check_study
+from site_agent.site_files import site_files
+
+log = logging.getLogger("her2fed.federation.site")
 
 # session ids this site process has taken part in (a session id is never accepted twice)
 _USED_SESSIONS: set[bytes] = set()
@@ -60,6 +76,32 @@ def encode_layouts(answers: Sequence[Additive]) -> bytes:
     return json.dumps([[type(a).__name__, [list(f) for f in a.layout()]] for a in answers]).encode()
 
 
+AUDIT_UNAVAILABLE = (
+    "the site's audit log cannot be written, so the site sends nothing; its IT checks the log "
+    "with `her2fed site audit verify SITE.toml`"
+)
+
+
+def _require_own_key(path: Path, running: Ed25519PrivateKey) -> None:
+    """The agent must run with the site's own key (``[keys] site_key``): it signs the audit log.
+
+    A log signed by whatever key a process happened to get could not be
+    verified by the officer; so a session under any other key is refused.
+    """
+    try:
+        own = read_private_key(path)
+    except KeyFileError:
+        raise SiteRefusal(
+            f"this site has no identity key at [keys] site_key ({path.name}), which signs its "
+            "audit log; its IT runs `her2fed site keys SITE.toml`"
+        ) from None
+    if public_key_bytes(own.public_key()) != public_key_bytes(running.public_key()):
+        raise SiteRefusal(
+            "this site agent runs with another identity key than [keys] site_key of its config; "
+            "its IT starts it with the site's own key"
+        )
+
+
 class StudySession:
     def __init__(self, info: SessionInfo) -> None:
         if info.identity is None or info.identity.consortium is None:
@@ -70,23 +112,118 @@ class StudySession:
         self.identity = info.identity
         self.consortium = info.identity.consortium
         self.config = load_site(info.site_config)
+        self.files = site_files(self.config)
+        _require_own_key(self.files.site_key, self.identity.site_key)
+        # one log, one signer: the identity key the site runs with signs its audit trail
+        self.audit = AuditLog(self.files.audit_log, self.identity.site_key, self.config.site_id)
         self.agent: SiteAgent | None = None
         self.secure: SiteSession | None = None
         self.prepared: tuple[np.ndarray, np.ndarray] | None = None
+        self.prepared_checks: tuple[Check, ...] = ()
+        self._record(
+            lambda: self.audit.record_session_opened(
+                session_id=info.session_id,
+                study_hash=info.study_hash,
+                coordinator=info.address,
+                extra={"site_agent": self.identity.site_id},
+            )
+        )
 
     def __call__(self, step: str, payload: bytes) -> bytes:
         try:
             if step == "study":
-                return self.study(payload)
+                self._received(step, payload)
+                return self._send(step, self.study(payload), what="study accepted")
             if step == "prepare":
-                return self.prepare(payload)
+                queries = decode_queries(payload)
+                self._received(step, payload, queries)
+                layouts = self.prepare(queries)
+                return self._send(
+                    step,
+                    layouts,
+                    what="summary layouts (names and shapes, no values)",
+                    analyses=[q.analysis_id for q in queries],
+                    checks=self.prepared_checks,
+                )
             if step == "secagg":
                 return self.secagg(payload)
-        except SiteRefusal:
+            self._received(step, payload)
+            raise SiteRefusal(f"unknown step {step!r}")
+        except SiteRefusal as err:
+            self._refused(step, err)
             raise
         except Her2fedError as err:  # our errors name rules, files and columns, never values
+            self._refused(step, err)
             raise SiteRefusal(str(err)) from None
-        raise SiteRefusal(f"unknown step {step!r}")
+
+    # ---------------------------------------------------------------- the audit trail
+
+    def _record(self, write: Callable[[], object]) -> None:
+        """Write an audit record or refuse: nothing is sent that the log does not hold."""
+        try:
+            write()
+        except (AuditError, OSError) as err:
+            log.error("audit log %s: %s", self.files.audit_log, err)
+            raise SiteRefusal(AUDIT_UNAVAILABLE) from None
+
+    def _received(
+        self,
+        step: str,
+        payload: bytes,
+        queries: Sequence[Query] = (),
+        summary: str | None = None,
+        **extra: Any,
+    ) -> None:
+        self._record(
+            lambda: self.audit.record_query(
+                session_id=self.info.session_id,
+                study_hash=self.info.study_hash,
+                step=step,
+                queries=queries,
+                received=payload,
+                extra=extra,
+                summary=summary and summary + f" in session {self.info.session_id[:8]}",
+            )
+        )
+
+    def _send(
+        self,
+        step: str,
+        reply: bytes,
+        *,
+        what: str,
+        analyses: Sequence[str] = (),
+        checks: Sequence[Check] = (),
+        participants: Sequence[str] = (),
+    ) -> bytes:
+        self._record(
+            lambda: self.audit.record_payload(
+                session_id=self.info.session_id,
+                study_hash=self.info.study_hash,
+                payload=reply,
+                step=step,
+                what=what,
+                analyses=list(dict.fromkeys(analyses)),
+                checks=checks,
+                participants=participants,
+            )
+        )
+        return reply
+
+    def _refused(self, step: str, err: Exception) -> None:
+        if str(err) == AUDIT_UNAVAILABLE:
+            return
+        try:
+            self.audit.record_refusal(
+                session_id=self.info.session_id,
+                study_hash=self.info.study_hash,
+                reason=err,
+                step=step,
+            )
+        except (AuditError, OSError) as problem:  # the refusal is sent anyway: it carries no data
+            log.error("audit log %s: %s", self.files.audit_log, problem)
+
+    # ---------------------------------------------------------------- the steps
 
     def study(self, payload: bytes) -> bytes:
         digest = "sha256:" + hashlib.sha256(payload).hexdigest()
@@ -96,19 +233,41 @@ class StudySession:
             study = parse_study(tomllib.loads(payload.decode("utf-8")))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError):
             raise SiteRefusal("the study file is not valid TOML") from None
+        check_site_approval(self.files, payload)
         check_study(self.config.policy, study)
         self.agent = SiteAgent(self.config, study)
         return b"ok"
 
-    def prepare(self, payload: bytes) -> bytes:
+    def prepare(self, queries: Sequence[Query]) -> bytes:
         if self.agent is None:
             raise SiteRefusal("no study has been accepted in this session")
-        answers = self.agent.answer(decode_queries(payload))
+        answers = self.agent.answer(queries)
         self.prepared = flatten_all(answers)
+        self.prepared_checks = tuple(
+            Check(rule, True, threshold, analysis)
+            for analysis, rule, threshold in dict.fromkeys(self.agent.last_checks)
+        )
         return encode_layouts(answers)
 
     def secagg(self, payload: bytes) -> bytes:
         msg = messages.decode(payload)
+        name = type(msg).__name__
+        self._received("secagg", payload, message=name, summary=f"received {name} (secagg)")
+        reply = self._secagg(msg)
+        if not reply:
+            return reply
+        if isinstance(msg, messages.RoundBegin):
+            return self._send(
+                "secagg",
+                reply,
+                what="masked summaries of the prepared round",
+                analyses=[c.analysis for c in self.prepared_checks if c.analysis],
+                checks=self.prepared_checks,
+                participants=msg.participants,
+            )
+        return self._send("secagg", reply, what=f"secure-aggregation reply to {name}")
+
+    def _secagg(self, msg: messages.Message) -> bytes:
         if isinstance(msg, messages.SessionOpen):
             self.secure = SiteSession(
                 self.identity.site_id,
