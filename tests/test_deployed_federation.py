@@ -271,6 +271,45 @@ def test_the_study_on_the_deployed_federation_equals_the_local_run(dep: Deployme
         dep.wait_for("serve", f"site {site}: online", 5)
 
 
+def test_a_coordinator_killed_mid_study_leaves_the_sites_ready_for_the_next(
+    dep: Deployment,
+) -> None:
+    """The coordinator process is SIGKILLed in the middle of the rounds (no clean-up of any
+    kind): it releases nothing, every site ends that session by itself and stays connected,
+    and the next `study run` completes with exactly the local numbers."""
+    for site in SITES:
+        dep.wait_for(site, "connected: the SuperLink accepted this site's node key")
+    crashed = dep.spawn(
+        "crashed",
+        "study", "run", str(STUDY),
+        "--federation", "cons/federation.toml",
+        "--out", "crashed",
+        "--wait-sites", "45",
+        "--open-timeout", "45",
+    )  # fmt: skip
+    dep.wait_for("crashed", "round 2", timeout=100)
+    crashed.send_signal(signal.SIGKILL)
+    assert crashed.wait(T) == -signal.SIGKILL
+    assert not (dep.work / "crashed" / "results.json").exists()
+    for site in SITES:
+        dep.wait_for(site, " ended: ", timeout=60)  # the site noticed, on its own
+        assert dep.procs[site].poll() is None, dep.output(site)
+    again = dep.her2fed(
+        "study", "run", str(STUDY),
+        "--federation", "cons/federation.toml",
+        "--out", "again",
+        "--wait-sites", "45",
+        "--open-timeout", "45",
+        timeout=150,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert dep.procs["local"].wait(T) == 0, dep.output("local")
+    local = json.loads((dep.work / "local" / "results.json").read_text())
+    after = json.loads((dep.work / "again" / "results.json").read_text())
+    assert after["analyses"] == local["analyses"]
+    assert after["study"]["sites"] == sorted(SITES)
+
+
 def test_a_site_never_opens_an_inbound_port(dep: Deployment) -> None:
     """Everything a hospital runs (supervisor, SuperNode, agent) listens on loopback only:
     the SuperNode's runtime API binds 127.0.0.1 and nothing else listens."""
