@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from coordinator.orchestrate import StudyOutcome, run_study
 from coordinator.transport import InProcessTransport
 from her2fed.cox import CoxResult
+from her2fed.disclosure import ReleaseRule
 from her2fed.estimate import CurvesResult
 from her2fed.grid import TimeGrid
 from her2fed.km import KMCurve
@@ -54,8 +55,9 @@ DATASET = "d"
 TIME, EVENT = "time", "event"
 HORIZON_DAYS = 3650
 COVARIATES = tuple(f"x{i}" for i in range(10))
-# the benchmark measures the statistics on a 1-day grid; policy is not what it times
-BENCH_POLICY = Policy(min_grid_days=1)
+# the benchmark measures the statistics on a 1-day grid against lifelines on the same rows:
+# neither the grid rule nor disclosure control (which coarsens the release) is what it times
+BENCH_POLICY = Policy(min_grid_days=1, min_cell=0, min_at_risk=0)
 # x0-x4 continuous, x5-x9 0/1; one true coefficient is zero on purpose.
 BINARY_P = (None, None, None, None, None, 0.5, 0.3, 0.2, 0.6, 0.1)
 TRUE_BETA = np.array([0.5, -0.4, 0.25, 0.1, 0.0, 0.6, -0.3, 0.35, -0.2, 0.15])
@@ -155,6 +157,10 @@ class TimedTransport:
         self._agents = list(agents)
         self.site_seconds: list[list[float]] = []  # [round][site]
         self.merge_seconds: list[float] = []  # [round]
+
+    def release_rule(self) -> ReleaseRule:
+        """The benchmark times the statistics: its sites' policy releases the pooled rows as is."""
+        return ReleaseRule.strictest([a.release_rule for a in self._agents])
 
     def sites(self) -> list[str]:
         return [a.site_id for a in self._agents]

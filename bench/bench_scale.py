@@ -56,6 +56,7 @@ from coordinator.orchestrate import StudyOutcome, run_study
 from coordinator.results import pooled_json
 from coordinator.transport import AggregationError, InProcessTransport
 from her2fed.cox import CoxResult
+from her2fed.disclosure import ReleaseRule
 from her2fed.grid import TimeGrid
 from her2fed.protocol import Query
 from her2fed.secagg import messages
@@ -233,6 +234,10 @@ class TimedSecureTransport:
         self.ring_bytes: dict[int, int] = {}  # round -> masked vector bytes per site
         self.agg_start: list[float] = []
         self.agg_end: list[float] = []
+
+    def release_rule(self) -> ReleaseRule:
+        """The benchmark times the statistics: its sites' policy releases the pooled rows as is."""
+        return ReleaseRule.strictest([a.release_rule for a in self._agents])
 
     def sites(self) -> list[str]:
         return [a.site_id for a in self._agents]

@@ -113,6 +113,8 @@ def write_study_outputs(
         aggregation=aggregation,
         rules=study.rules.as_dict() if study.uses_registry else None,
         countries=countries,
+        release_rule=outcome.release_rule,
+        releases=outcome.releases,
     )
     out = out_dir / "results.json"
     write_json_atomic(out, doc)

@@ -23,6 +23,7 @@ from coordinator.transport import (
     SecureStats,
     SitesDropped,
 )
+from her2fed.disclosure import ReleaseRule
 from her2fed.protocol import Query
 from her2fed.secagg import messages
 from her2fed.secagg.config import SessionConfig
@@ -31,7 +32,7 @@ from her2fed.secagg.errors import SecAggError
 from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
 from her2fed.secagg.registry import Registry
 from her2fed.summary import Additive, flatten_all, split_flat, zeros_like_layout
-from site_agent.federation.study_handler import encode_queries
+from site_agent.federation.study_handler import decode_acceptance, encode_queries
 
 
 class GrpcTransport:
@@ -59,10 +60,14 @@ class GrpcTransport:
         self._used: set[bytes] = set()
         self.dropouts: dict[str, str] = {}
         self.stats = SecureStats()
-        self._broadcast("study", {s: study_bytes for s in self._sites})
+        accepted = self._broadcast("study", {s: study_bytes for s in self._sites})
+        self._rules = {s: decode_acceptance(r, s) for s, r in accepted.items()}
 
     def sites(self) -> list[str]:
         return list(self._sites)
+
+    def release_rule(self) -> ReleaseRule:
+        return ReleaseRule.strictest([self._rules[s] for s in self._sites])
 
     def describe(self) -> dict[str, object]:
         return {

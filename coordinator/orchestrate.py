@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from coordinator.transport import SitesDropped, Transport
+from her2fed.disclosure import Release, ReleaseRule
 from her2fed.estimate import AnalysisRun, Result
 from her2fed.study import Study
 
@@ -16,6 +17,10 @@ class StudyOutcome:
     rounds: int
     sites: tuple[str, ...]
     aggregation: dict[str, object]
+    release_rule: ReleaseRule
+    """The thresholds the pooled release was held to (the strictest site's)."""
+    releases: dict[str, Release]
+    """Per analysis, what disclosure control did before estimation."""
 
 
 def run_study(
@@ -35,7 +40,8 @@ def run_study(
 
 
 def _run_once(study: Study, transport: Transport, progress: Callable[[str], None]) -> StudyOutcome:
-    runs = [AnalysisRun(a, study.grid) for a in study.analyses]
+    rule = transport.release_rule()
+    runs = [AnalysisRun(a, study.grid, rule) for a in study.analyses]
     rounds = 0
     while not all(r.done for r in runs):
         active = [r for r in runs if not r.done]
@@ -52,4 +58,7 @@ def _run_once(study: Study, transport: Transport, progress: Callable[[str], None
             run.receive(merged[pos : pos + n])
             pos += n
     results = {r.analysis.id: r.result for r in runs if r.result is not None}
-    return StudyOutcome(results, rounds, tuple(transport.sites()), transport.describe())
+    releases = {r.analysis.id: r.release for r in runs if r.release is not None}
+    return StudyOutcome(
+        results, rounds, tuple(transport.sites()), transport.describe(), rule, releases
+    )

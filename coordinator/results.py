@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 import her2fed
 from her2fed.attrition import A3Result, AttritionCounts, Proportions, a1, a2, a4, reach
 from her2fed.cif import CIFCurve
 from her2fed.cox import ChiSquareTest, CoxResult
+from her2fed.disclosure import Release, ReleaseRule
 from her2fed.endpoints import END_STATES
 from her2fed.estimate import (
     AttritionResult,
@@ -129,32 +131,70 @@ ATTRITION_DEFINITIONS = {
 }
 
 
-def _props(p: Proportions, g: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "estimate": _num(float(p.estimate[g, k])),
-            "lower": _num(float(p.lower[g, k])),
-            "upper": _num(float(p.upper[g, k])),
-            "numerator": int(p.numerator[g, k]),
-            "denominator": int(p.denominator[g, k]),
-        }
-        for k in range(p.estimate.shape[1])
-    ]
+Hidden = Mapping[str, NDArray[np.bool_]]
+"""Per count field, the cells of one group (or of the total) withheld: [slot(, state)]."""
 
 
-def _attrition_group(c: AttritionCounts, a3r: A3Result, g: int) -> dict[str, Any]:
+def _hidden(hide: Hidden, name: str, shape: tuple[int, ...]) -> NDArray[np.bool_]:
+    mask = hide.get(name)
+    return np.zeros(shape, dtype=bool) if mask is None else mask
+
+
+def _shown(values: NDArray[np.int64], hidden: NDArray[np.bool_]) -> list[Any]:
+    """Counts as JSON, ``null`` where disclosure control withheld the cell."""
+    return [None if h else v for v, h in zip(_num(values), hidden.tolist(), strict=True)]
+
+
+def _props(
+    p: Proportions, g: int, n: int, hidden: NDArray[np.bool_] | None = None
+) -> list[dict[str, Any]]:
+    """A proportion whose numerator or denominator is withheld is withheld whole."""
+    out: list[dict[str, Any]] = []
+    for k in range(n):
+        if hidden is not None and hidden[k]:
+            out.append(dict.fromkeys(("estimate", "lower", "upper", "numerator", "denominator")))
+            continue
+        out.append(
+            {
+                "estimate": _num(float(p.estimate[g, k])),
+                "lower": _num(float(p.lower[g, k])),
+                "upper": _num(float(p.upper[g, k])),
+                "numerator": int(p.numerator[g, k]),
+                "denominator": int(p.denominator[g, k]),
+            }
+        )
+    return out
+
+
+def _attrition_group(
+    c: AttritionCounts, a3r: A3Result, g: int, n: int, hide: Hidden
+) -> dict[str, Any]:
+    """Group g's counts and A1-A4 for the first n line slots (n < K after top-coding)."""
+    k = c.k
+
+    def cells(name: str) -> list[Any]:
+        values: NDArray[np.int64] = getattr(c, name)[g, :n]
+        return _shown(values, _hidden(hide, name, (k,))[:n])
+
+    def either(a: str, b: str) -> NDArray[np.bool_]:
+        both: NDArray[np.bool_] = _hidden(hide, a, (k,)) | _hidden(hide, b, (k,))
+        return both
+
+    states = _hidden(hide, "end_state", (k, len(END_STATES)))
     return {
         "patients": int(c.patients[g]),
-        "reached": _num(c.reached[g]),
-        "started": _num(c.started[g]),
-        "started_anti_her2": _num(c.started_anti_her2[g]),
-        "finished": _num(c.finished[g]),
-        "no_next": _num(c.no_next[g]),
-        "no_next_finished": _num(c.no_next_finished[g]),
-        "no_next_death_6m": _num(c.no_next_death[g]),
-        "end_states": {s: _num(c.end_state[g, :, i]) for i, s in enumerate(END_STATES)},
-        "A1": _props(a1(c), g),
-        "A2": _props(a2(c), g),
+        "reached": cells("reached"),
+        "started": cells("started"),
+        "started_anti_her2": cells("started_anti_her2"),
+        "finished": cells("finished"),
+        "no_next": cells("no_next"),
+        "no_next_finished": cells("no_next_finished"),
+        "no_next_death_6m": cells("no_next_death"),
+        "end_states": {
+            s: _shown(c.end_state[g, :n, i], states[:n, i]) for i, s in enumerate(END_STATES)
+        },
+        "A1": _props(a1(c), g, n, either("no_next", "started")),
+        "A2": _props(a2(c), g, n, either("no_next_finished", "finished")),
         "A3": [
             {
                 "estimate": _num(float(a3r.estimate[g, k])),
@@ -162,20 +202,23 @@ def _attrition_group(c: AttritionCounts, a3r: A3Result, g: int) -> dict[str, Any
                 "upper": _num(float(a3r.upper[g, k])),
                 "std_err": _num(float(a3r.std_err[g, k])),
             }
-            for k in range(a3r.estimate.shape[1])
+            for k in range(n)
         ],
-        "A4": _props(a4(c), g),
-        "reach": _props(reach(c), g),
+        "A4": _props(a4(c), g, n, either("no_next_death", "finished")),
+        "reach": _props(reach(c), g, n, _hidden(hide, "reached", (k,))),
     }
 
 
-def _attrition(r: AttritionResult, max_line: int) -> dict[str, Any]:
-    groups = {"all": _attrition_group(r.overall, r.a3_overall, 0)}
+def _attrition(r: AttritionResult, top_line: int) -> dict[str, Any]:
+    """``top_line`` is the study's max_line, or lower when disclosure control merged the
+    later lines into it."""
+    groups = {"all": _attrition_group(r.overall, r.a3_overall, 0, top_line, r.withheld_total)}
     if r.labels != ("all",):
         for g, label in enumerate(r.labels):
-            groups[label] = _attrition_group(r.counts, r.a3, g)
+            hide = {name: mask[g] for name, mask in r.withheld.items()}
+            groups[label] = _attrition_group(r.counts, r.a3, g, top_line, hide)
     return {
-        "lines": [str(k) for k in range(1, max_line)] + [f"{max_line}+"],
+        "lines": [str(k) for k in range(1, top_line)] + [f"{top_line}+"],
         "definitions": ATTRITION_DEFINITIONS,
         "groups": groups,
         "n_dropped": int(r.counts.dropped[0]),
@@ -203,9 +246,14 @@ def _pathways(r: PathwaysResult, max_line: int) -> dict[str, Any]:
     }
 
 
-def pooled_json(analysis: Analysis, result: Result) -> dict[str, Any]:
+def pooled_json(
+    analysis: Analysis, result: Result, release: Release | None = None
+) -> dict[str, Any]:
     if isinstance(result, AttritionResult):
-        return _attrition(result, analysis.max_line)
+        top = analysis.max_line
+        if release is not None and release.top_slot is not None:
+            top = min(top, release.top_slot + 1)
+        return _attrition(result, top)
     if isinstance(result, PathwaysResult):
         return _pathways(result, analysis.max_line)
     if isinstance(result, CoxResult):
@@ -248,7 +296,10 @@ def results_document(
     aggregation: dict[str, Any] | None = None,
     rules: dict[str, Any] | None = None,
     countries: dict[str, str] | None = None,
+    release_rule: ReleaseRule | None = None,
+    releases: Mapping[str, Release] | None = None,
 ) -> dict[str, Any]:
+    releases = releases or {}
     return {
         "study": {
             "name": name,
@@ -261,6 +312,13 @@ def results_document(
             "countries": countries or {},
             "rule_set": rules,
             "aggregation": aggregation,
+            "disclosure": None
+            if release_rule is None
+            else {
+                "min_cell": release_rule.min_cell,
+                "min_at_risk": release_rule.min_at_risk,
+                "method": "docs/privacy.md#disclosure-control-on-the-pooled-release",
+            },
             "software": {
                 "her2fed": her2fed.__version__,
                 "numpy": np.__version__,
@@ -271,7 +329,8 @@ def results_document(
         "analyses": {
             aid: {
                 "kind": analyses[aid].kind,
-                "pooled": pooled_json(analyses[aid], res),
+                "pooled": pooled_json(analyses[aid], res, releases.get(aid)),
+                "disclosure": releases[aid].as_json() if aid in releases else None,
                 "per_site": None,
             }
             for aid, res in results.items()

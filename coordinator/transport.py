@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from her2fed.disclosure import ReleaseRule
 from her2fed.errors import Her2fedError
 from her2fed.protocol import Query
 from her2fed.secagg.coordinator import SecureSum
@@ -58,6 +59,10 @@ class Transport(Protocol):
 
     def exclude(self, sites: Sequence[str]) -> None:
         """Carry on without these sites, or raise if too few would remain."""
+        ...
+
+    def release_rule(self) -> ReleaseRule:
+        """The strictest disclosure thresholds of the sites (they apply to the pooled release)."""
         ...
 
 
@@ -111,6 +116,9 @@ class InProcessTransport:
 
     def sites(self) -> list[str]:
         return [a.site_id for a in self._agents]
+
+    def release_rule(self) -> ReleaseRule:
+        return ReleaseRule.strictest([a.release_rule for a in self._agents])
 
     def exclude(self, sites: Sequence[str]) -> None:
         raise AggregationError(f"in-process sites do not drop out; cannot exclude {list(sites)}")

@@ -9,10 +9,11 @@ transport. Runs never learn how many sites contributed.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+from numpy.typing import NDArray
 
 from her2fed.attrition import A3Result, AttritionCounts, a3
 from her2fed.cif import CIFCurve, aalen_johansen
@@ -28,6 +29,7 @@ from her2fed.cox import (
     newton,
     warm_start,
 )
+from her2fed.disclosure import Release, ReleaseRule, release_attrition, release_table
 from her2fed.errors import EstimationError
 from her2fed.grid import TimeGrid
 from her2fed.km import KMCurve, NACurve, kaplan_meier, nelson_aalen
@@ -69,6 +71,10 @@ class AttritionResult:
     a3: A3Result
     overall: AttritionCounts
     a3_overall: A3Result
+    withheld: Mapping[str, NDArray[np.bool_]] = field(default_factory=dict)
+    """Disclosure control: per count field, the [group, slot(, state)] cells not released."""
+    withheld_total: Mapping[str, NDArray[np.bool_]] = field(default_factory=dict)
+    """The same for ``overall`` ([slot(, state)])."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +147,14 @@ def estimate_table(analysis: Analysis, grid: TimeGrid, table: EventTable) -> Res
 class AnalysisRun:
     """One analysis in flight: pending queries, merged answers, final result."""
 
-    def __init__(self, analysis: Analysis, grid: TimeGrid) -> None:
+    def __init__(
+        self, analysis: Analysis, grid: TimeGrid, release: ReleaseRule | None = None
+    ) -> None:
         self.analysis = analysis
         self.grid = grid
+        self.rule = release if release is not None and release.active else None
+        self.release: Release | None = None
+        """What disclosure control did before estimation (None: nothing to do or no rule)."""
         self.result: Result | None = None
         self.rounds = 0
         self._pending: list[Query] = [Query(analysis.id, s) for s in first_steps(analysis)]
@@ -169,7 +180,16 @@ class AnalysisRun:
         if step == "attrition_counts":
             counts, table = merged
             assert isinstance(counts, AttritionCounts) and isinstance(table, EventTable)
-            self.result = estimate_attrition(self.analysis, self.grid, counts, table)
+            if self.rule is None:
+                self.result = estimate_attrition(self.analysis, self.grid, counts, table)
+                return
+            released = release_attrition(counts, table, self.rule)
+            self.release = released.release
+            self.result = replace(
+                estimate_attrition(self.analysis, self.grid, released.counts, released.table),
+                withheld=released.withheld,
+                withheld_total=released.withheld_total,
+            )
             return
         if step in ("cox_moments", "cox_sums", "cox_derivs"):
             self._receive_cox(step, merged)
@@ -177,9 +197,14 @@ class AnalysisRun:
         (summary,) = merged
         if step == "pathways":
             assert isinstance(summary, PathwayCounts)
-            self.result = PathwaysResult(group_rare(summary, self.analysis.min_count))
+            min_count = self.analysis.min_count
+            if self.rule is not None:  # the site's minimum cell wins over a laxer study
+                min_count = max(min_count, self.rule.min_cell)
+            self.result = PathwaysResult(group_rare(summary, min_count))
         elif step == "table":
             assert isinstance(summary, EventTable)
+            if self.rule is not None:
+                summary, self.release = release_table(summary, self.rule)
             self.result = estimate_table(self.analysis, self.grid, summary)
         elif step == "logrank_parts":
             assert isinstance(summary, LogrankParts)

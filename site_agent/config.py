@@ -40,6 +40,7 @@ class Policy:
     """The site's release policy; every key has the safe default of DESIGN.md."""
 
     min_cell: int = 5
+    min_at_risk: int = 10
     min_cohort: int = 10
     min_sites: int = 3
     min_grid_days: int = 30

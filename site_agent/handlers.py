@@ -14,6 +14,7 @@ import pandas as pd
 
 from her2fed.catalog import ENDPOINTS
 from her2fed.cox import CoxRows
+from her2fed.disclosure import ReleaseRule
 from her2fed.errors import DataError, ProtocolError
 from her2fed.protocol import Prepared, Query, RegistryRows, local_summary, registry_summary
 from her2fed.study import REGISTRY, REGISTRY_KINDS, Analysis, Study
@@ -49,6 +50,12 @@ class SiteAgent:
     @property
     def site_id(self) -> str:
         return self.config.site_id
+
+    @property
+    def release_rule(self) -> ReleaseRule:
+        """This site's thresholds for the pooled release (public: sent when it accepts a study)."""
+        policy = self.config.policy
+        return ReleaseRule(policy.min_cell, policy.min_at_risk)
 
     def table(self, name: str) -> pd.DataFrame:
         if name not in self._tables:

@@ -22,10 +22,17 @@ from site_agent.handlers import SiteAgent
 
 DATA = Path(__file__).parent / "golden" / "data"
 DATASET = "d"
-# Statistical tests run on 1-day grids and on sites that may hold no rows; the
-# policy rules themselves are tested in test_policy.py.
+# Statistical tests run on 1-day grids and on sites that may hold no rows, and
+# compare with estimators on the pooled rows, so disclosure control (which
+# coarsens the release) is off; the policy and release rules are tested in
+# test_policy.py and test_disclosure.py.
 RESEARCH_POLICY = Policy(
-    min_grid_days=1, min_cohort=0, min_sites=1, cox_max_params_per_row=float("inf")
+    min_grid_days=1,
+    min_cohort=0,
+    min_sites=1,
+    cox_max_params_per_row=float("inf"),
+    min_cell=0,
+    min_at_risk=0,
 )
 
 

@@ -17,8 +17,8 @@ from coordinator.orchestrate import run_study
 from coordinator.results import pooled_json
 from coordinator.study import load_study
 from coordinator.transport import InProcessTransport
+from site_agent.config import Policy, SiteConfig
 from site_agent.handlers import SiteAgent
-from tests.fedrun import site_config
 from tests.rehearsal import approve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,9 @@ def test_three_sites_equal_one_pooled_site(demo: Path) -> None:
         t: pd.concat([pd.read_csv(demo / "sites" / s / f"{t}.csv") for s in SITES])
         for t in ("analysis", "competing")
     }
-    agent = SiteAgent(site_config(0), loaded.study, tables=tables)
+    # the sites' default policy, so the pooled site's release follows the same rules
+    pooled = SiteConfig(Path("pooled.toml"), "pooled", "XX", policy=Policy())
+    agent = SiteAgent(pooled, loaded.study, tables=tables)
     out = run_study(loaded.study, InProcessTransport([agent], secure=False))
     one = {a.id: pooled_json(a, out.results[a.id]) for a in loaded.study.analyses}
     fed = results(demo)["analyses"]
@@ -169,3 +171,35 @@ def test_help_is_there() -> None:
     for args in (("--help",), ("local", "--help"), ("site", "check", "--help")):
         proc = sh(EXE, *args)
         assert proc.returncode == 0 and "usage: her2fed" in proc.stdout
+
+
+def _released_cells(doc: dict[str, Any]) -> list[tuple[str, str, int, int, int]]:
+    """(analysis, group, n_risk, events of a cause, everyone leaving) per released row."""
+    out = []
+    for aid, a in doc["analyses"].items():
+        if a["kind"] not in ("km", "nelson_aalen", "cif"):
+            continue
+        for label, g in a["pooled"]["groups"].items():
+            for i, n_risk in enumerate(g["n_risk"]):
+                events = g["n_event"]
+                causes = events.values() if isinstance(events, dict) else [events]
+                per_cause = [c[i] for c in causes]
+                # Nelson-Aalen rows carry no censorings: the next row's n_risk gives the drop
+                nxt = g["n_risk"][i + 1] if i + 1 < len(g["n_risk"]) else 0
+                leaving = sum(per_cause) + g["n_censor"][i] if "n_censor" in g else n_risk - nxt
+                out.extend((aid, label, n_risk, e, leaving) for e in per_cause)
+    return out
+
+
+def test_the_release_passes_the_sites_disclosure_rules(demo: Path) -> None:
+    """Under the sites' default policy every released curve row shows 0 or >= 5 events of each
+    cause and >= 5 patients leaving, with >= 10 at risk; each analysis says what was done."""
+    doc = results(demo)
+    assert doc["study"]["disclosure"]["min_cell"] == 5
+    rows = _released_cells(doc)
+    assert len(rows) > 50
+    for aid, label, n_risk, events, leaving in rows:
+        assert events == 0 or events >= 5, (aid, label, events)
+        assert leaving >= 5 and n_risk >= 10, (aid, label, leaving, n_risk)
+    km = doc["analyses"]["rfs_km_hormon"]["disclosure"]
+    assert km["bins_merged"] > 0 and km["bins_released"] > 0

@@ -214,7 +214,9 @@ def test_every_request_and_reply_is_in_the_sites_signed_audit_log(
         for rec in sent:  # a reply is recorded right after the request it answers
             assert new[new.index(rec) - 1]["kind"] == "query_received"
         study = next(r for r in sent if r["details"]["step"] == "study")
-        assert study["size"] == 2 and study["sha256"] == hashlib.sha256(b"ok").hexdigest()
+        accepted = b'{"min_cell": 5, "min_at_risk": 10}'  # the site's public release thresholds
+        assert study["size"] == len(accepted)
+        assert study["sha256"] == hashlib.sha256(accepted).hexdigest()
         masked = [r for r in sent if "masked summaries" in r["details"]["what"]]
         assert masked, "no masked vector recorded"
         for rec in masked:

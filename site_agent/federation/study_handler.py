@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from her2fed.errors import Her2fedError
+from her2fed.disclosure import ReleaseRule
+from her2fed.errors import Her2fedError, ProtocolError
 from her2fed.protocol import Query
 from her2fed.secagg import messages
 from her2fed.secagg.randomness import SYSTEM_RANDOM
@@ -70,6 +71,25 @@ def decode_queries(payload: bytes) -> list[Query]:
         return [Query(str(a), s, tuple(map(float, b)), tuple(map(float, c))) for a, s, b, c in raw]
     except (ValueError, TypeError) as err:
         raise SiteRefusal(f"malformed query list ({type(err).__name__})") from None
+
+
+def encode_acceptance(rule: ReleaseRule) -> bytes:
+    """The reply that accepts a study: the site's (public) thresholds for the pooled release."""
+    return json.dumps({"min_cell": rule.min_cell, "min_at_risk": rule.min_at_risk}).encode()
+
+
+def decode_acceptance(reply: bytes, site: str) -> ReleaseRule:
+    try:
+        raw = json.loads(reply)
+        rule = ReleaseRule(int(raw["min_cell"]), int(raw["min_at_risk"]))
+    except (ValueError, TypeError, KeyError):
+        raise ProtocolError(
+            f"site {site} accepted the study with a malformed reply; it runs another her2fed "
+            "version than the coordinator (install the same release everywhere)"
+        ) from None
+    if rule.min_cell < 0 or rule.min_at_risk < 0:
+        raise ProtocolError(f"site {site} sent negative release thresholds")
+    return rule
 
 
 def encode_layouts(answers: Sequence[Additive]) -> bytes:
@@ -133,7 +153,9 @@ class StudySession:
         try:
             if step == "study":
                 self._received(step, payload)
-                return self._send(step, self.study(payload), what="study accepted")
+                return self._send(
+                    step, self.study(payload), what="study accepted, with the release thresholds"
+                )
             if step == "prepare":
                 queries = decode_queries(payload)
                 self._received(step, payload, queries)
@@ -236,7 +258,7 @@ class StudySession:
         check_site_approval(self.files, payload)
         check_study(self.config.policy, study)
         self.agent = SiteAgent(self.config, study)
-        return b"ok"
+        return encode_acceptance(self.agent.release_rule)
 
     def prepare(self, queries: Sequence[Query]) -> bytes:
         if self.agent is None:
