@@ -35,7 +35,7 @@ def run_study(
 
 
 def _run_once(study: Study, transport: Transport, progress: Callable[[str], None]) -> StudyOutcome:
-    runs = [AnalysisRun(a, study.grid) for a in study.analyses]
+    runs = [AnalysisRun(a, study.grid, study.dp_noise_variance) for a in study.analyses]
     rounds = 0
     while not all(r.done for r in runs):
         active = [r for r in runs if not r.done]
@@ -52,4 +52,20 @@ def _run_once(study: Study, transport: Transport, progress: Callable[[str], None
             run.receive(merged[pos : pos + n])
             pos += n
     results = {r.analysis.id: r.result for r in runs if r.result is not None}
-    return StudyOutcome(results, rounds, tuple(transport.sites()), transport.describe())
+    aggregation = transport.describe()
+    if study.dp_noise_variance > 0:
+        aggregation = {**aggregation, "differential_privacy": dp_provenance(study)}
+    return StudyOutcome(results, rounds, tuple(transport.sites()), aggregation)
+
+
+def dp_provenance(study: Study) -> dict[str, object]:
+    """What results.json says about DP: the numbers are noisy, and how noisy."""
+    return {
+        "mechanism": "distributed Skellam noise on every pooled count (docs/privacy.md)",
+        "noise_variance": study.dp_noise_variance,
+        "noise_sd": study.dp_noise_variance**0.5,
+        "post_processing": "pooled counts clipped to >= 0 (attrition numerators to their "
+        "denominators) before estimation",
+        "note": "estimates and confidence intervals are computed from noisy counts; the "
+        "intervals do not include the noise",
+    }
