@@ -21,6 +21,7 @@ Files (next to site.toml, created on first use):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -29,7 +30,9 @@ import math
 import os
 import secrets
 import stat
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +53,7 @@ SECRET_FILE = Path("dp") / "seed.key"
 LEDGER_FILE = Path("dp") / "budget.json"
 _KEY_LABEL = b"her2fed differential-privacy seed v1"
 _COX_STEPS = ("cox_moments", "cox_local_fit", "cox_sums", "cox_derivs")
+_THREAD_LOCK = threading.Lock()  # flock alone does not exclude threads sharing a process
 
 
 def site_secret(config: SiteConfig) -> bytes:
@@ -135,14 +139,35 @@ def _check_lines(agent: SiteAgent, analysis: Analysis) -> None:
         )
 
 
+MAX_VARIANCE = 1e12
+"""Beyond this the Poisson sampler fails and the counts would be pure noise anyway."""
+
+
 def _check_variance(variance: float) -> None:
-    if not math.isfinite(variance):
+    if not math.isfinite(variance) or variance > MAX_VARIANCE:
         raise PolicyRefusal(
             "dp_noise_variance",
             variance,
-            "the noise variance is not a finite number",
-            "declare a finite dp_noise_variance, e.g. 25",
+            f"the noise variance is not a finite number up to {MAX_VARIANCE:g}",
+            "declare a dp_noise_variance such as 25",
         )
+
+
+@contextmanager
+def _ledger_lock(config: SiteConfig) -> Iterator[None]:
+    """One round at a time charges the ledger, across threads and site processes.
+
+    Two sessions reading the ledger before either writes would each see the old
+    total and could together overspend; the lock makes read-decide-write atomic.
+    """
+    path = ledger_path(config).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _THREAD_LOCK, open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def privatize(
@@ -194,6 +219,24 @@ def privatize(
         seed = dp.release_seed(secret, canonical, summary)
         seeds.append(seed)
         charges.append(dp.Charge(dp.charge_key(secret, seed), dp.skellam_rho(variance, sens)))
+    with _ledger_lock(agent.config):
+        decision = _charge(agent, charges)
+    log.info(
+        "study %r: DP noise variance %g over %d site(s); rho spent %.4g of %.4g (+%.4g this round)",
+        agent.study.name,
+        variance,
+        k,
+        decision.spent + decision.asked,
+        decision.limit,
+        decision.asked,
+    )
+    share = dp.site_share(variance, k)
+    return [dp.noisy_summary(s, seed, share) for s, seed in zip(summaries, seeds, strict=True)]
+
+
+def _charge(agent: SiteAgent, charges: Sequence[dp.Charge]) -> dp.BudgetDecision:
+    """Charge a round's new releases to the study's budget, or refuse the round whole."""
+    policy = agent.config.policy
     ledger = load_ledger(agent.config)
     mine = ledger.setdefault(agent.study.name, {})
     decision = dp.decide(mine, charges, policy.dp_rho_per_study)
@@ -218,14 +261,4 @@ def privatize(
     if decision.new:
         mine.update({c.key: c.rho for c in decision.new})
         save_ledger(agent.config, ledger)
-    log.info(
-        "study %r: DP noise variance %g over %d site(s); rho spent %.4g of %.4g (+%.4g this round)",
-        agent.study.name,
-        variance,
-        k,
-        decision.spent + decision.asked,
-        decision.limit,
-        decision.asked,
-    )
-    share = dp.site_share(variance, k)
-    return [dp.noisy_summary(s, seed, share) for s, seed in zip(summaries, seeds, strict=True)]
+    return decision

@@ -378,3 +378,31 @@ def test_attrition_under_dp_runs_and_stays_consistent(tmp_path: Path) -> None:
     with pytest.raises(PolicyRefusal) as info:
         one.answer([Query("attr", "attrition_counts"), Query("attr", "attrition_cif")])
     assert info.value.rule == "dp_max_lines_per_patient"
+
+
+def test_results_and_report_say_the_numbers_are_noisy(tmp_path: Path) -> None:
+    from coordinator.report import render_report
+    from coordinator.results import results_document
+
+    study = dp_study(KM)
+    agents = [agent(tmp_path, study, cohort(100, 20 + i), i=i) for i in range(3)]
+    outcome = run_study(study, InProcessTransport(agents))
+    doc = results_document(
+        name=study.name,
+        study_hash="sha256:" + "0" * 64,
+        analyses={a.id: a for a in study.analyses},
+        results=outcome.results,
+        sites=outcome.sites,
+        grid_days=study.grid.grid_days,
+        horizon_days=study.grid.horizon_days,
+        rounds=outcome.rounds,
+        transport="inprocess",
+        aggregation=dict(outcome.aggregation),
+    )
+    assert doc["study"]["aggregation"]["differential_privacy"]["noise_variance"] == 25.0
+    assert "every pooled count carries noise of variance 25.0" in render_report(doc)
+    plain = replace(study, dp_noise_variance=0.0)
+    exact = run_study(
+        plain, InProcessTransport([agent(tmp_path, plain, cohort(100, i), i=i) for i in range(3)])
+    )
+    assert "differential_privacy" not in exact.aggregation
