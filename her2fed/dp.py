@@ -21,22 +21,24 @@ the difference of two answers cancel the noise. numpy documents that
 is part of the canonical query: after an upgrade a repeat is a new release and
 is charged as one.
 
-Accounting. Per release we charge the zero-concentrated DP (zCDP) parameter
-``rho`` of the Skellam mechanism; budgets compose by addition. The Renyi bound
-of Agarwal, Kairouz and Liu (2021, "The Skellam Mechanism for Differentially
-Private Federated Learning", Thm 3.5 with their ``mu`` = our total variance)
-is, for sensitivities ``D1`` (L1) and ``D2`` (L2) and order ``a > 1``::
+Accounting. Per release we charge a parameter ``rho`` with ``eps(a) <= rho * a``
+for the release's Renyi DP at every integer order ``a >= 2``; RDP composes
+order by order, so rhos add up across releases like zCDP. The Renyi bound of
+Agarwal, Kairouz and Liu (2021, "The Skellam Mechanism for Differentially
+Private Federated Learning", Thm 3.5 / Cor 3.6, their ``mu`` = our total
+variance ``v``) is, for sensitivities ``D1`` (L1) and ``D2`` (L2) and integer
+``a > 1``::
 
     eps(a) <= a D2^2 / (2 v) + min(((2a - 1) D2^2 + 6 D1) / (4 v^2), 3 D1 / (2 v))
 
-We use the slightly larger numerator ``2a D2^2`` and divide by ``a``: the
-extra term then falls with ``a``, so ``eps(a) <= rho * a`` for every ``a > 1``
-with::
+We use the slightly larger numerator ``2a D2^2`` and divide by ``a``; the
+extra term then falls with ``a``, so ``eps(a) <= rho * a`` with::
 
     rho = D2^2 / (2 v) + min((2 D2^2 + 6 D1) / (4 v^2), 3 D1 / (2 v))
 
-which is rho-zCDP (a Gaussian of the same variance would give the first term
-alone). ``epsilon_delta`` converts a spent rho to (eps, delta)-DP.
+(the first term alone is the Gaussian's zCDP). The bound is stated for integer
+orders only, so ``rho`` is not claimed as zCDP over real orders, and
+``epsilon_delta`` converts with integer orders only.
 """
 
 from __future__ import annotations
@@ -90,10 +92,18 @@ def skellam_rho(variance: float, sens: Sensitivity) -> float:
 
 
 def epsilon_delta(rho: float, delta: float = 1e-6) -> float:
-    """(eps, delta)-DP implied by rho-zCDP (Bun and Steinke 2016, Prop. 1.3)."""
+    """(eps, delta)-DP of RDP curve ``rho * a`` at integer orders (Mironov 2017, Prop. 3).
+
+    ``eps = min over integer a >= 2 of rho a + log(1/delta) / (a - 1)``; over
+    real orders this would be the zCDP conversion ``rho + 2 sqrt(rho log(1/delta))``,
+    which it can only exceed.
+    """
     if rho <= 0:
         return 0.0
-    return rho + 2 * math.sqrt(rho * math.log(1 / delta))
+    log_inv = math.log(1 / delta)
+    best = 1 + math.sqrt(log_inv / rho)  # the real optimum; the integer one is a neighbour
+    orders = {max(2, math.floor(best)), max(2, math.ceil(best))}
+    return min(rho * a + log_inv / (a - 1) for a in orders)
 
 
 def sensitivity(analysis: Analysis, query: Query, max_lines: int) -> Sensitivity:

@@ -119,7 +119,12 @@ def test_rho_is_at_least_the_gaussian_one_and_falls_with_the_variance() -> None:
     assert dp.skellam_rho(100.0, one) < dp.skellam_rho(25.0, one)
     assert dp.skellam_rho(25.0, dp.Sensitivity(3.0, 3.0)) > dp.skellam_rho(25.0, one)
     assert dp.skellam_rho(0.0, one) == math.inf
-    assert dp.epsilon_delta(0.5, 1e-6) == pytest.approx(0.5 + 2 * math.sqrt(0.5 * math.log(1e6)))
+    # integer orders only: never below the real-order (zCDP) conversion, and the best order
+    for rho in (0.0052, 0.0232, 0.25, 0.5, 3.0):
+        eps = dp.epsilon_delta(rho, 1e-6)
+        assert eps >= rho + 2 * math.sqrt(rho * math.log(1e6)) - 1e-12
+        brute = min(rho * a + math.log(1e6) / (a - 1) for a in range(2, 100_000))
+        assert eps == pytest.approx(brute)
 
 
 def test_per_line_sensitivity_counts_the_lines_a_patient_can_add() -> None:
