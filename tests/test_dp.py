@@ -411,3 +411,11 @@ def test_results_and_report_say_the_numbers_are_noisy(tmp_path: Path) -> None:
         plain, InProcessTransport([agent(tmp_path, plain, cohort(100, i), i=i) for i in range(3)])
     )
     assert "differential_privacy" not in exact.aggregation
+
+
+def test_the_officer_sees_the_noise_when_approving() -> None:
+    from site_agent.approval import describe_header
+
+    noisy = "\n".join(describe_header(dp_study(KM, variance=25.0)))
+    assert "noise of variance 25 (sd 5)" in noisy
+    assert "differential privacy" not in "\n".join(describe_header(study_of(KM)))
