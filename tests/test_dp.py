@@ -3,8 +3,11 @@ the refusals, and that a DP study still runs end to end (docs/privacy.md)."""
 
 from __future__ import annotations
 
+import json
 import math
 import stat
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import pandas as pd
 import pytest
 
 from coordinator.orchestrate import run_study
+from coordinator.report import render_report
+from coordinator.results import results_document
 from coordinator.transport import InProcessTransport, SiteFailure
 from her2fed import dp
 from her2fed.attrition import AttritionCounts
@@ -24,7 +29,9 @@ from her2fed.km import KMCurve
 from her2fed.protocol import Query, local_summary
 from her2fed.study import Study, parse_analysis, parse_study
 from her2fed.summary import Additive, merge
+from site_agent.approval import describe_header
 from site_agent.config import Policy, SiteConfig, parse_site
+from site_agent.data import prepare
 from site_agent.dp_site import SECRET_FILE, load_ledger, site_secret, spent
 from site_agent.handlers import SiteAgent
 from site_agent.policy import PolicyRefusal
@@ -103,8 +110,6 @@ def test_float_summaries_are_not_noised_but_refused() -> None:
         "t",
     )
     rows = pd.DataFrame({"t": [1.0, 2.0, 3.0], "e": [1, 0, 1], "x": [0.1, 0.2, 0.3]})
-    from site_agent.data import prepare
-
     summary = local_summary(study_of(a).grid, a, prepare(rows, a, "x"), Query("c", "cox_moments"))
     with pytest.raises(dp.DPUnsupported, match="float fields"):
         dp.noisy_summary(summary, b"s" * 32, 1.0)
@@ -187,8 +192,6 @@ def test_different_queries_or_data_draw_different_noise(tmp_path: Path) -> None:
 
 
 def exact_table(study: Study, frame: pd.DataFrame) -> EventTable:
-    from site_agent.data import prepare
-
     a = study.analyses[0]
     out = local_summary(study.grid, a, prepare(frame, a, "x"), Query(a.id, "table"))
     assert isinstance(out, EventTable)
@@ -209,8 +212,6 @@ def test_dp_off_by_default_is_bit_identical_and_touches_no_files(tmp_path: Path)
     study = study_of(KM_BY, grid_days=30, horizon_days=1800)
     assert study.dp_noise_variance == 0.0 and Policy().dp_noise_variance == 0.0
     got = agent(tmp_path, study, frame).answer([Query("km_by", "table")])[0]
-    from site_agent.data import prepare
-
     want = local_summary(study.grid, KM_BY, prepare(frame, KM_BY, "x"), Query("km_by", "table"))
     assert_same(got, want)
     assert not (tmp_path / "site0").exists()  # no secret, no ledger
@@ -348,9 +349,11 @@ def test_km_over_three_sites_with_dp_stays_close_to_exact(tmp_path: Path) -> Non
     draws = []
     for _ in range(300):
         noisy_table = EventTable(
-            events=pooled.events + rng.poisson(12.5, pooled.events.shape)
+            events=pooled.events
+            + rng.poisson(12.5, pooled.events.shape)
             - rng.poisson(12.5, pooled.events.shape),
-            censored=pooled.censored + rng.poisson(12.5, pooled.censored.shape)
+            censored=pooled.censored
+            + rng.poisson(12.5, pooled.censored.shape)
             - rng.poisson(12.5, pooled.censored.shape),
             dropped=pooled.dropped,
         )
@@ -386,9 +389,6 @@ def test_attrition_under_dp_runs_and_stays_consistent(tmp_path: Path) -> None:
 
 
 def test_results_and_report_say_the_numbers_are_noisy(tmp_path: Path) -> None:
-    from coordinator.report import render_report
-    from coordinator.results import results_document
-
     study = dp_study(KM)
     agents = [agent(tmp_path, study, cohort(100, 20 + i), i=i) for i in range(3)]
     outcome = run_study(study, InProcessTransport(agents))
@@ -414,8 +414,49 @@ def test_results_and_report_say_the_numbers_are_noisy(tmp_path: Path) -> None:
 
 
 def test_the_officer_sees_the_noise_when_approving() -> None:
-    from site_agent.approval import describe_header
-
     noisy = "\n".join(describe_header(dp_study(KM, variance=25.0)))
     assert "noise of variance 25 (sd 5)" in noisy
     assert "differential privacy" not in "\n".join(describe_header(study_of(KM)))
+
+
+def test_her2fed_local_runs_a_dp_study_end_to_end(tmp_path: Path) -> None:
+    """The user's path: a study file declaring DP, site files, the CLI, results.json."""
+    root = Path(__file__).resolve().parents[1]
+    made = subprocess.run(
+        [sys.executable, "examples/generic/make_sites.py", str(tmp_path / "sites")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
+    )
+    assert made.returncode == 0, made.stderr
+    study = tmp_path / "dp.toml"
+    study.write_text(
+        '[study]\nname = "dp demo"\ngrid_days = 30\nhorizon_days = 2880\n'
+        "dp_noise_variance = 25\n\n"
+        '[[analysis]]\nid = "km"\nkind = "km"\ndataset = "analysis"\n'
+        'time = "time"\nevent = "cens"\n'
+    )
+    sites = ("athens", "oslo", "munich")
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "her2fed"),
+            "local",
+            str(study),
+            *[a for s in sites for a in ("--site", f"{s}={tmp_path / 'sites' / s / 'site.toml'}")],
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert doc["study"]["aggregation"]["differential_privacy"]["noise_variance"] == 25.0
+    for s in sites:
+        site_dir = tmp_path / "sites" / s
+        assert stat.S_IMODE((site_dir / SECRET_FILE).stat().st_mode) == 0o600
+        ledger = json.loads((site_dir / "dp" / "budget.json").read_text())
+        assert list(ledger) == ["dp demo"] and len(ledger["dp demo"]) == 1
