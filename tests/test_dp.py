@@ -17,7 +17,8 @@ import pytest
 
 from coordinator.orchestrate import run_study
 from coordinator.report import render_report
-from coordinator.results import results_document
+from coordinator.results import pooled_json, results_document
+from coordinator.study import load_study
 from coordinator.transport import InProcessTransport, SiteFailure
 from her2fed import dp
 from her2fed.attrition import AttritionCounts
@@ -460,3 +461,30 @@ def test_her2fed_local_runs_a_dp_study_end_to_end(tmp_path: Path) -> None:
         assert stat.S_IMODE((site_dir / SECRET_FILE).stat().st_mode) == 0o600
         ledger = json.loads((site_dir / "dp" / "budget.json").read_text())
         assert list(ledger) == ["dp demo"] and len(ledger["dp demo"]) == 1
+
+
+def test_every_non_cox_analysis_of_the_her2_study_survives_heavy_noise(tmp_path: Path) -> None:
+    """Clipping keeps KM, CIF, log-rank, attrition and pathways computable at sd 20."""
+    loaded = load_study(Path(__file__).resolve().parents[1] / "examples" / "her2" / "study.toml")
+    keep = tuple(a for a in loaded.study.analyses if a.kind != "cox")
+    study = replace(loaded.study, analyses=keep, dp_noise_variance=400.0)
+    sites = (("athens", "GR", 150), ("oslo", "NO", 150), ("munich", "DE", 150))
+    policy = replace(RESEARCH_POLICY, dp_rho_per_study=1000.0)
+    agents = [
+        SiteAgent(
+            replace(config(tmp_path, i, policy), country=c),
+            study,
+            registry=synthesize(c, n, seed=i + 7, site_id=s),
+        )
+        for i, (s, c, n) in enumerate(sites)
+    ]
+    outcome = run_study(study, InProcessTransport(agents))
+    assert set(outcome.results) == {a.id for a in keep}
+    for a in keep:
+        json.dumps(pooled_json(a, outcome.results[a.id]))  # every result serialises
+    km = outcome.results["os_km_hr"]
+    assert isinstance(km, CurvesResult)
+    for curve in km.groups.values():
+        assert isinstance(curve, KMCurve)
+        surv = curve.surv[np.isfinite(curve.surv)]
+        assert ((surv >= 0) & (surv <= 1)).all() and (np.diff(surv) <= 1e-12).all()
