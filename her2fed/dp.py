@@ -136,15 +136,20 @@ def sensitivity(analysis: Analysis, query: Query, max_lines: int) -> Sensitivity
     return Sensitivity(float(lines), float(lines))
 
 
+def uses_line_bound(analysis: Analysis) -> bool:
+    """Whether a patient's rows here are bounded only by the policy (every line is read)."""
+    if analysis.dataset != REGISTRY or analysis.lines:
+        return False
+    return analysis.endpoint is None or ENDPOINTS[analysis.endpoint].per_line
+
+
 def lines_per_patient(analysis: Analysis, max_lines: int) -> int:
     """Rows one patient contributes to this analysis (1 unless it reads per-line rows)."""
-    if analysis.dataset != REGISTRY:
-        return 1
-    if analysis.endpoint is not None and not ENDPOINTS[analysis.endpoint].per_line:
-        return 1
-    if analysis.lines:
+    if uses_line_bound(analysis):
+        return max_lines
+    if analysis.dataset == REGISTRY and analysis.lines:
         return len(analysis.lines)
-    return max_lines
+    return 1
 
 
 def _jsonable(value: Any) -> Any:

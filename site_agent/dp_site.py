@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from her2fed import dp
 from her2fed.errors import SpecError
 from her2fed.protocol import Query
-from her2fed.study import REGISTRY, Analysis
+from her2fed.study import Analysis
 from her2fed.summary import Additive
 from site_agent.config import SiteConfig
 from site_agent.policy import PolicyRefusal
@@ -124,7 +124,7 @@ def spent(config: SiteConfig, study_name: str) -> float:
 def _check_lines(agent: SiteAgent, analysis: Analysis) -> None:
     """Refuse when a patient has more lines than the sensitivity bound assumes."""
     bound = agent.config.policy.dp_max_lines_per_patient
-    if analysis.dataset != REGISTRY or dp.lines_per_patient(analysis, bound) != bound:
+    if not dp.uses_line_bound(analysis):
         return
     lines = agent.derived().lines
     most = int(lines.groupby("patient_id").size().max()) if len(lines) else 0

@@ -381,6 +381,16 @@ def test_attrition_under_dp_runs_and_stays_consistent(tmp_path: Path) -> None:
     assert (counts.no_next <= counts.started).all() and (counts.finished <= counts.started).all()
     assert (counts.reached <= counts.patients[:, None]).all()
     assert all((v >= 0).all() for v in counts.arrays().values())
+    # a study that picks its lines is bounded by them, whatever the policy's bound
+    picked = parse_analysis(
+        {"id": "l2", "kind": "km", "dataset": "registry", "endpoint": "pfs_line", "lines": [2]},
+        "t",
+    )
+    strict = replace(policy, dp_max_lines_per_patient=1)
+    two = SiteAgent(
+        config(tmp_path, 0, strict), replace(study, analyses=(picked,)), registry=frames[0]
+    )
+    assert two.answer([Query("l2", "table")], n_sites=3)
     # a bound of one line per patient is false for these data: refused by name
     tight = replace(policy, dp_max_lines_per_patient=1)
     one = SiteAgent(config(tmp_path, 0, tight), study, registry=frames[0])
