@@ -41,7 +41,7 @@ def run_study(
 
 def _run_once(study: Study, transport: Transport, progress: Callable[[str], None]) -> StudyOutcome:
     rule = transport.release_rule()
-    runs = [AnalysisRun(a, study.grid, rule) for a in study.analyses]
+    runs = [AnalysisRun(a, study.grid, rule, study.dp_noise_variance) for a in study.analyses]
     rounds = 0
     while not all(r.done for r in runs):
         active = [r for r in runs if not r.done]
@@ -59,6 +59,22 @@ def _run_once(study: Study, transport: Transport, progress: Callable[[str], None
             pos += n
     results = {r.analysis.id: r.result for r in runs if r.result is not None}
     releases = {r.analysis.id: r.release for r in runs if r.release is not None}
+    aggregation = transport.describe()
+    if study.dp_noise_variance > 0:
+        aggregation = {**aggregation, "differential_privacy": dp_provenance(study)}
     return StudyOutcome(
-        results, rounds, tuple(transport.sites()), transport.describe(), rule, releases
+        results, rounds, tuple(transport.sites()), aggregation, rule, releases
     )
+
+
+def dp_provenance(study: Study) -> dict[str, object]:
+    """What results.json says about DP: the numbers are noisy, and how noisy."""
+    return {
+        "mechanism": "distributed Skellam noise on every pooled count (docs/privacy.md)",
+        "noise_variance": study.dp_noise_variance,
+        "noise_sd": study.dp_noise_variance**0.5,
+        "post_processing": "pooled counts clipped to >= 0 (attrition numerators to their "
+        "denominators) before estimation",
+        "note": "estimates and confidence intervals are computed from noisy counts; the "
+        "intervals do not include the noise",
+    }

@@ -139,7 +139,8 @@ class InProcessTransport:
         answers: list[list[Additive]] = []
         for agent in self._agents:
             try:
-                answers.append(agent.answer(queries))
+                # every agent here is summed, so each adds 1/k of the DP noise
+                answers.append(agent.answer(queries, n_sites=len(self._agents)))
             except Her2fedError as err:
                 raise SiteFailure(agent.site_id, str(err)) from None
         layouts = {tuple(a.layout() for a in site) for site in answers}

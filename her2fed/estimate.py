@@ -30,6 +30,7 @@ from her2fed.cox import (
     warm_start,
 )
 from her2fed.disclosure import Release, ReleaseRule, release_attrition, release_table
+from her2fed.dp import clip_all
 from her2fed.errors import EstimationError
 from her2fed.grid import TimeGrid
 from her2fed.km import KMCurve, NACurve, kaplan_meier, nelson_aalen
@@ -148,13 +149,19 @@ class AnalysisRun:
     """One analysis in flight: pending queries, merged answers, final result."""
 
     def __init__(
-        self, analysis: Analysis, grid: TimeGrid, release: ReleaseRule | None = None
+        self,
+        analysis: Analysis,
+        grid: TimeGrid,
+        release: ReleaseRule | None = None,
+        dp_noise_variance: float = 0.0,
     ) -> None:
+        """``dp_noise_variance`` > 0: the sites added DP noise, so counts are clipped first."""
         self.analysis = analysis
         self.grid = grid
         self.rule = release if release is not None and release.active else None
         self.release: Release | None = None
         """What disclosure control did before estimation (None: nothing to do or no rule)."""
+        self.dp_noise_variance = dp_noise_variance
         self.result: Result | None = None
         self.rounds = 0
         self._pending: list[Query] = [Query(analysis.id, s) for s in first_steps(analysis)]
@@ -176,6 +183,8 @@ class AnalysisRun:
         """Take the merged answers to ``queries()`` and move to the next state."""
         self.rounds += 1
         step = self._pending[0].step
+        if self.dp_noise_variance > 0:
+            merged = clip_all(merged)  # noisy counts can be < 0; clipping is free post-processing
         self._pending = []
         if step == "attrition_counts":
             counts, table = merged

@@ -8,6 +8,7 @@ to a default is a wrong result nobody notices.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -94,6 +95,8 @@ class Study:
     grid: TimeGrid
     analyses: tuple[Analysis, ...] = field(default_factory=tuple)
     rules: RuleSet = field(default_factory=RuleSet)  # line-of-therapy rules every site applies
+    # total Skellam noise variance on every pooled count (0 = exact; docs/privacy.md)
+    dp_noise_variance: float = 0.0
 
     @property
     def uses_registry(self) -> bool:
@@ -364,12 +367,12 @@ def parse_study(doc: Mapping[str, Any]) -> Study:
             "the [study] table is missing",
             'add [study] with name, time_unit = "day", grid_days and horizon_days',
         )
-    unknown = set(head) - {"name", "time_unit", "grid_days", "horizon_days"}
+    unknown = set(head) - {"name", "time_unit", "grid_days", "horizon_days", "dp_noise_variance"}
     if unknown:
         raise SpecError(
             "study",
             f"unknown key(s) {sorted(unknown)}",
-            "use name, time_unit, grid_days, horizon_days",
+            "use name, time_unit, grid_days, horizon_days, dp_noise_variance",
         )
     name = _need(head, "name", "study", str, 'add name = "..."')
     unit = head.get("time_unit", "day")
@@ -403,7 +406,18 @@ def parse_study(doc: Mapping[str, Any]) -> Study:
                 f"beyond the study horizon of {grid.horizon_days}",
                 f"set horizon_days >= {A3_HORIZON_DAYS}",
             )
-    return Study(name, grid, analyses, _rules(doc.get("lot", {})))
+    return Study(name, grid, analyses, _rules(doc.get("lot", {})), _dp_variance(head))
+
+
+def _dp_variance(head: Mapping[str, Any]) -> float:
+    """The study's declared DP noise variance: absent = 0 (exact), else finite and >= 0."""
+    if "dp_noise_variance" not in head:
+        return 0.0
+    fix = "set dp_noise_variance to the total noise variance, e.g. 25 (0 or absent = exact)"
+    v: float = _need(head, "dp_noise_variance", "study", float, fix)
+    if not math.isfinite(v) or v < 0:
+        raise SpecError("study.dp_noise_variance", f"must be finite and >= 0, got {v}", fix)
+    return v
 
 
 _RULE_KEYS = ("window_days", "gap_days", "continuing_days")

@@ -523,6 +523,13 @@ def describe_header(study: Study) -> list[str]:
         "every number leaves only as part of a masked vector under secure aggregation: the "
         "coordinator sees the sum over sites, never this site's own numbers",
     ]
+    if study.dp_noise_variance > 0:
+        v = study.dp_noise_variance
+        lines.append(
+            f"differential privacy: this site adds its share of noise so that every pooled "
+            f"count carries noise of variance {v:g} (sd {v**0.5:.3g}); each new answer is "
+            "charged to this study's budget (docs/privacy.md); Cox models are refused"
+        )
     if study.uses_registry:
         r = study.rules
         lines.append(

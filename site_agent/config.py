@@ -53,6 +53,14 @@ class Policy:
     allowed_datasets: tuple[str, ...] = ()
     allowed_endpoints: tuple[str, ...] = ()
     allowed_covariates: tuple[str, ...] = ()
+    # Differential privacy (docs/privacy.md). 0 = off: summaries stay exact. A positive
+    # value is the least total noise variance this site accepts; a study must declare
+    # at least this much or it is refused.
+    dp_noise_variance: float = 0.0
+    # budget rho each study may spend here (docs/privacy.md; 0.5 is eps ~ 5.8 at delta 1e-6)
+    dp_rho_per_study: float = 0.5
+    # rows one patient may add to a per-line or registry summary (the sensitivity bound)
+    dp_max_lines_per_patient: int = 10
 
 
 KEY_DEFAULTS: dict[str, str] = {

@@ -22,6 +22,7 @@ from her2fed.summary import Additive
 from site_agent.config import SiteConfig
 from site_agent.data import level_codes, load_table, prepare
 from site_agent.derived import DerivedRegistry, derive_registry
+from site_agent.dp_site import privatize
 from site_agent.policy import check_query, check_study
 from site_agent.registry import load_registry
 
@@ -140,8 +141,13 @@ class SiteAgent:
             frame = derived.patients
         return prepare(frame, analysis, where)
 
-    def answer(self, queries: Sequence[Query]) -> list[Additive]:
-        """Summaries for one round; every query passes the site's policy first."""
+    def answer(self, queries: Sequence[Query], n_sites: int | None = None) -> list[Additive]:
+        """Summaries for one round; every query passes the site's policy first.
+
+        ``n_sites`` (the sites summed with this one) sizes this site's share of
+        differential-privacy noise when the study asks for it; unknown, the
+        policy's ``min_sites`` is assumed, which over-noises (``dp_site.privatize``).
+        """
         if not self._study_checked:
             check_study(self.config.policy, self.study)
             self._study_checked = True
@@ -160,4 +166,4 @@ class SiteAgent:
             if q.step in ("cox_sums", "cox_derivs"):
                 self._steps[q.analysis_id] = seen + 1
             out.append(local_summary(self.study.grid, analysis, rows, q, self._cox_cache))
-        return out
+        return privatize(self, queries, out, n_sites)

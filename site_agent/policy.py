@@ -39,8 +39,48 @@ def check_study(policy: Policy, study: Study) -> None:
             f"ask the consortium for grid_days >= {policy.min_grid_days}, or have the privacy "
             "officer lower min_grid_days in [policy]",
         )
+    check_dp_study(policy, study)
     for a in study.analyses:
         check_analysis(policy, a)
+
+
+def check_dp_study(policy: Policy, study: Study) -> None:
+    """Differential-privacy rules that depend only on the study (docs/privacy.md).
+
+    The study declares the noise every site adds (so the coordinator knows to
+    post-process and label the results); the site's policy value is a floor.
+    Only integer counts can carry Skellam noise, so float summaries (Cox sums,
+    site-stratified log-rank parts) are refused under DP instead of released exact.
+    """
+    declared = study.dp_noise_variance
+    if declared < policy.dp_noise_variance:
+        raise PolicyRefusal(
+            "dp_noise_variance",
+            policy.dp_noise_variance,
+            f"the study declares dp_noise_variance = {declared}, less noise than this site "
+            "requires",
+            f"declare dp_noise_variance >= {policy.dp_noise_variance} in the study's [study] "
+            "table, or have the privacy officer lower dp_noise_variance in [policy]",
+        )
+    if declared == 0:
+        return
+    for a in study.analyses:
+        if a.kind == "cox":
+            raise PolicyRefusal(
+                "dp_cox_unsupported",
+                declared,
+                f"analysis {a.id!r} is a Cox model, whose float sums differential privacy "
+                "here cannot protect",
+                "run Cox models in a study without dp_noise_variance, or drop the analysis",
+            )
+        if a.kind == "logrank" and a.strata_by_site:
+            raise PolicyRefusal(
+                "dp_float_summary_unsupported",
+                declared,
+                f"analysis {a.id!r} is a site-stratified log-rank test, whose float parts "
+                "differential privacy here cannot protect",
+                "stratify by a declared column instead of strata = \"site\", or drop the analysis",
+            )
 
 
 def check_analysis(policy: Policy, a: Analysis) -> None:

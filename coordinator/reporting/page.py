@@ -331,6 +331,13 @@ def render(doc: Mapping[str, Any]) -> str:
     # a run without secure aggregation is a rehearsal; say so where nobody can miss it
     insecure = isinstance(method, str) and ("not" in method or "plain" in method)
     banner = note(f"Aggregation: {method}.") if insecure else ""
+    dp = agg.get("differential_privacy") if isinstance(agg, Mapping) else None
+    if isinstance(dp, Mapping):  # noisy numbers must never pass for exact ones
+        banner += note(
+            f"Differential privacy: every pooled count carries noise of variance "
+            f"{dp.get('noise_variance')}; estimates are approximate and confidence intervals "
+            "do not include the noise (docs/privacy.md)."
+        )
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
