@@ -7,7 +7,7 @@ never code: a site maps each step to one of the fixed functions below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -119,6 +119,8 @@ class Prepared:
     stratum: IntArray
     x: FloatArray
     dropped: int
+    rows: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Positions of the complete cases in the site's table (the site's differencing check)."""
 
 
 def registry_summary(

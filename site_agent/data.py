@@ -155,7 +155,13 @@ def prepare(df: pd.DataFrame, analysis: Analysis, where: str) -> Prepared:
     missing |= miss_x
     keep = ~missing
     return Prepared(
-        time[keep], event[keep], group[keep], stratum[keep], x[keep], int(missing.sum())
+        time[keep],
+        event[keep],
+        group[keep],
+        stratum[keep],
+        x[keep],
+        int(missing.sum()),
+        np.flatnonzero(keep).astype(np.int64),
     )
 
 

@@ -19,6 +19,7 @@ from her2fed.errors import DataError, ProtocolError
 from her2fed.protocol import Prepared, Query, RegistryRows, local_summary, registry_summary
 from her2fed.study import REGISTRY, REGISTRY_KINDS, Analysis, Study
 from her2fed.summary import Additive
+from site_agent.cohorts import CohortMemory
 from site_agent.config import SiteConfig
 from site_agent.data import level_codes, load_table, prepare
 from site_agent.derived import DerivedRegistry, derive_registry
@@ -34,10 +35,13 @@ class SiteAgent:
         study: Study,
         tables: dict[str, pd.DataFrame] | None = None,
         registry: dict[str, pd.DataFrame] | None = None,
+        cohorts: CohortMemory | None = None,
     ) -> None:
         """``tables``/``registry`` pre-load data by name (tests, benchmarks, other readers)."""
         self.config = config
         self.study = study
+        self.cohorts = cohorts
+        """Set on the live query path: the site's memory of answered cohorts (differencing)."""
         self._tables: dict[str, pd.DataFrame] = dict(tables or {})
         self._registry_frames = registry
         self._derived: DerivedRegistry | None = None
@@ -111,35 +115,51 @@ class SiteAgent:
 
     def rows(self, analysis_id: str) -> Prepared | RegistryRows:
         if analysis_id not in self._rows:
-            self._rows[analysis_id] = self._rows_for(self.analysis(analysis_id))
+            analysis = self.analysis(analysis_id)
+            rows, frame, ids = self._rows_for(analysis)
+            if self.cohorts is not None:  # differencing check, before anything is computed
+                positions = (
+                    np.flatnonzero(rows.line_group >= 0)
+                    if isinstance(rows, RegistryRows)
+                    else rows.rows
+                )
+                cohort = self.cohorts.fingerprints(frame, positions, ids)
+                self.cohorts.check_and_remember(analysis, cohort, self.config.policy.min_cell)
+            self._rows[analysis_id] = rows
         return self._rows[analysis_id]
 
-    def _rows_for(self, analysis: Analysis) -> Prepared | RegistryRows:
+    def _rows_for(
+        self, analysis: Analysis
+    ) -> tuple[Prepared | RegistryRows, pd.DataFrame, tuple[str, ...]]:
+        """The analysis's rows, the frame they come from, and that frame's id columns."""
         if analysis.dataset != REGISTRY:
             path = self.config.tables.get(analysis.dataset, self.config.path)
-            return prepare(self.table(analysis.dataset), analysis, str(path))
+            table = self.table(analysis.dataset)
+            return prepare(table, analysis, str(path)), table, ()
         derived = self.derived()
         where = f"{self.config.path}: registry (derived rows)"
+        line_ids = ("patient_id", "line")
         if analysis.kind in REGISTRY_KINDS:
             if analysis.by is None:
-                return RegistryRows(
+                rows = RegistryRows(
                     derived.lines,
                     np.zeros(len(derived.lines), np.int64),
                     np.zeros(len(derived.patients), np.int64),
                 )
-            return RegistryRows(
-                derived.lines,
-                level_codes(derived.lines, analysis.by, where),
-                level_codes(derived.patients, analysis.by, where),
-            )
+            else:
+                rows = RegistryRows(
+                    derived.lines,
+                    level_codes(derived.lines, analysis.by, where),
+                    level_codes(derived.patients, analysis.by, where),
+                )
+            return rows, derived.lines, line_ids
         assert analysis.endpoint is not None
         if ENDPOINTS[analysis.endpoint].per_line:
             frame = derived.lines
             if analysis.lines:
                 frame = frame[frame["line"].isin(analysis.lines)].reset_index(drop=True)
-        else:
-            frame = derived.patients
-        return prepare(frame, analysis, where)
+            return prepare(frame, analysis, where), frame, line_ids
+        return prepare(derived.patients, analysis, where), derived.patients, ("patient_id",)
 
     def answer(self, queries: Sequence[Query], n_sites: int | None = None) -> list[Additive]:
         """Summaries for one round; every query passes the site's policy first.

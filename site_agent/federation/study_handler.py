@@ -45,6 +45,7 @@ from her2fed.study import parse_study
 from her2fed.summary import Additive, flatten_all
 from site_agent.approval import check_site_approval
 from site_agent.audit import AuditError, AuditLog, Check
+from site_agent.cohorts import CohortMemory, fingerprint_key
 from site_agent.config import load_site
 from site_agent.federation.client import Handler, SiteRefusal
 from site_agent.federation.keys import KeyFileError, read_private_key
@@ -257,7 +258,13 @@ class StudySession:
             raise SiteRefusal("the study file is not valid TOML") from None
         check_site_approval(self.files, payload)
         check_study(self.config.policy, study)
-        self.agent = SiteAgent(self.config, study)
+        # the cohorts this site answered before, keyed with its own key (differencing check)
+        cohorts = CohortMemory(
+            self.config.path.parent,
+            self.info.study_hash,
+            fingerprint_key(self.identity.site_key.private_bytes_raw()),
+        )
+        self.agent = SiteAgent(self.config, study, cohorts=cohorts)
         return encode_acceptance(self.agent.release_rule)
 
     def prepare(self, queries: Sequence[Query]) -> bytes:
