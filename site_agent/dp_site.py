@@ -230,6 +230,7 @@ def privatize(
         decision.limit,
         decision.asked,
     )
+    agent.last_dp = decision
     share = dp.site_share(variance, k)
     return [dp.noisy_summary(s, seed, share) for s, seed in zip(summaries, seeds, strict=True)]
 

@@ -15,6 +15,7 @@ import pandas as pd
 from her2fed.catalog import ENDPOINTS
 from her2fed.cox import CoxRows
 from her2fed.disclosure import ReleaseRule
+from her2fed.dp import BudgetDecision
 from her2fed.errors import DataError, ProtocolError
 from her2fed.protocol import Prepared, Query, RegistryRows, local_summary, registry_summary
 from her2fed.study import REGISTRY, REGISTRY_KINDS, Analysis, Study
@@ -49,6 +50,8 @@ class SiteAgent:
         self._cox_cache: dict[str, CoxRows] = {}
         self._steps: dict[str, int] = {}  # Newton evaluations answered per Cox analysis
         self._study_checked = False
+        self.last_dp: BudgetDecision | None = None
+        """The DP budget the last round charged (None: no noise in this study)."""
         self.last_checks: list[tuple[str, str, object]] = []
         """(analysis id, rule, threshold) of every policy rule the last round's queries passed."""
 
@@ -174,6 +177,7 @@ class SiteAgent:
         out: list[Additive] = []
         checks: list[tuple[str, str, object]] = []
         self.last_checks = checks
+        self.last_dp = None
         for q in queries:
             analysis, rows = self.analysis(q.analysis_id), self.rows(q.analysis_id)
             seen = self._steps.get(q.analysis_id, 0)

@@ -35,6 +35,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from her2fed.disclosure import ReleaseRule
+from her2fed.dp import epsilon_delta
 from her2fed.errors import Her2fedError, ProtocolError
 from her2fed.protocol import Query
 from her2fed.secagg import messages
@@ -44,7 +45,7 @@ from her2fed.secagg.site import SiteSession
 from her2fed.study import parse_study
 from her2fed.summary import Additive, flatten_all
 from site_agent.approval import check_site_approval
-from site_agent.audit import AuditError, AuditLog, Check
+from site_agent.audit import AuditError, AuditLog, Check, DPSpend
 from site_agent.cohorts import CohortMemory, fingerprint_key
 from site_agent.config import load_site
 from site_agent.federation.client import Handler, SiteRefusal
@@ -97,6 +98,9 @@ def encode_layouts(answers: Sequence[Additive]) -> bytes:
     return json.dumps([[type(a).__name__, [list(f) for f in a.layout()]] for a in answers]).encode()
 
 
+DP_DELTA = 1e-6
+"""The delta at which the audit log states each round's DP cost as epsilon."""
+
 AUDIT_UNAVAILABLE = (
     "the site's audit log cannot be written, so the site sends nothing; its IT checks the log "
     "with `her2fed site audit verify SITE.toml`"
@@ -141,6 +145,7 @@ class StudySession:
         self.secure: SiteSession | None = None
         self.prepared: tuple[np.ndarray, np.ndarray] | None = None
         self.prepared_checks: tuple[Check, ...] = ()
+        self.prepared_dp: DPSpend | None = None
         self._record(
             lambda: self.audit.record_session_opened(
                 session_id=info.session_id,
@@ -218,6 +223,7 @@ class StudySession:
         analyses: Sequence[str] = (),
         checks: Sequence[Check] = (),
         participants: Sequence[str] = (),
+        dp: DPSpend | None = None,
     ) -> bytes:
         self._record(
             lambda: self.audit.record_payload(
@@ -229,6 +235,7 @@ class StudySession:
                 analyses=list(dict.fromkeys(analyses)),
                 checks=checks,
                 participants=participants,
+                dp=dp,
             )
         )
         return reply
@@ -276,6 +283,18 @@ class StudySession:
             Check(rule, True, threshold, analysis)
             for analysis, rule, threshold in dict.fromkeys(self.agent.last_checks)
         )
+        spent = self.agent.last_dp
+        self.prepared_dp = (
+            None
+            if spent is None
+            else DPSpend(
+                epsilon_delta(spent.asked, DP_DELTA),
+                DP_DELTA,
+                f"Skellam, noise variance {self.agent.study.dp_noise_variance:g}, rho "
+                f"{spent.asked:.4g} this round, {spent.spent + spent.asked:.4g} of "
+                f"{spent.limit:.4g} spent in the study",
+            )
+        )
         return encode_layouts(answers)
 
     def secagg(self, payload: bytes) -> bytes:
@@ -293,6 +312,7 @@ class StudySession:
                 analyses=[c.analysis for c in self.prepared_checks if c.analysis],
                 checks=self.prepared_checks,
                 participants=msg.participants,
+                dp=self.prepared_dp,
             )
         return self._send("secagg", reply, what=f"secure-aggregation reply to {name}")
 
