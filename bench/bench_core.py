@@ -26,7 +26,7 @@ import resource
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +37,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from coordinator.orchestrate import StudyOutcome, run_study
-from coordinator.transport import InProcessTransport
+from coordinator.transport import Failing, InProcessTransport, merge_failing
 from her2fed.cox import CoxResult
 from her2fed.disclosure import ReleaseRule
 from her2fed.estimate import CurvesResult
@@ -47,7 +47,7 @@ from her2fed.protocol import Query
 from her2fed.study import Study, parse_analysis
 from her2fed.summary import Additive, merge
 from site_agent.config import Policy, SiteConfig
-from site_agent.handlers import SiteAgent
+from site_agent.handlers import Released, SiteAgent
 
 T = TypeVar("T")
 
@@ -161,6 +161,9 @@ class TimedTransport:
     def release_rule(self) -> ReleaseRule:
         """The benchmark times the statistics: its sites' policy releases the pooled rows as is."""
         return ReleaseRule.strictest([a.release_rule for a in self._agents])
+
+    def confirm_release(self, releases: Mapping[str, Released]) -> Failing:
+        return merge_failing(a.check_release(releases) for a in self._agents)
 
     def sites(self) -> list[str]:
         return [a.site_id for a in self._agents]

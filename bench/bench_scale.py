@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,7 +54,7 @@ from numpy.typing import NDArray
 
 from coordinator.orchestrate import StudyOutcome, run_study
 from coordinator.results import pooled_json
-from coordinator.transport import AggregationError, InProcessTransport
+from coordinator.transport import AggregationError, Failing, InProcessTransport, merge_failing
 from her2fed.cox import CoxResult
 from her2fed.disclosure import ReleaseRule
 from her2fed.grid import TimeGrid
@@ -69,7 +69,7 @@ from her2fed.secagg.site import SiteSession
 from her2fed.study import Study, parse_analysis
 from her2fed.summary import Additive, flatten_all, split_flat
 from site_agent.config import Policy, SiteConfig
-from site_agent.handlers import SiteAgent
+from site_agent.handlers import Released, SiteAgent
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- bench:{key}:{edge} -->"
@@ -238,6 +238,9 @@ class TimedSecureTransport:
     def release_rule(self) -> ReleaseRule:
         """The benchmark times the statistics: its sites' policy releases the pooled rows as is."""
         return ReleaseRule.strictest([a.release_rule for a in self._agents])
+
+    def confirm_release(self, releases: Mapping[str, Released]) -> Failing:
+        return merge_failing(a.check_release(releases) for a in self._agents)
 
     def sites(self) -> list[str]:
         return [a.site_id for a in self._agents]

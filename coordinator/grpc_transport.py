@@ -20,8 +20,10 @@ from coordinator.federation.server import AggregationSession, SitesFailed
 from coordinator.transport import (
     MIN_SECURE_SITES,
     AggregationError,
+    Failing,
     SecureStats,
     SitesDropped,
+    merge_failing,
 )
 from her2fed.disclosure import ReleaseRule
 from her2fed.protocol import Query
@@ -32,7 +34,13 @@ from her2fed.secagg.errors import SecAggError
 from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
 from her2fed.secagg.registry import Registry
 from her2fed.summary import Additive, flatten_all, split_flat, zeros_like_layout
-from site_agent.federation.study_handler import decode_acceptance, encode_queries
+from site_agent.federation.study_handler import (
+    decode_acceptance,
+    decode_failing,
+    encode_queries,
+    encode_release,
+)
+from site_agent.handlers import Released
 
 
 class GrpcTransport:
@@ -68,6 +76,11 @@ class GrpcTransport:
 
     def release_rule(self) -> ReleaseRule:
         return ReleaseRule.strictest([self._rules[s] for s in self._sites])
+
+    def confirm_release(self, releases: Mapping[str, Released]) -> Failing:
+        payload = encode_release(releases)
+        replies = self._broadcast("release", {s: payload for s in self._sites})
+        return merge_failing(decode_failing(r, s) for s, r in replies.items())
 
     def describe(self) -> dict[str, object]:
         return {

@@ -57,6 +57,7 @@ def _run_once(study: Study, transport: Transport, progress: Callable[[str], None
             n = len(run.queries())
             run.receive(merged[pos : pos + n])
             pos += n
+    _leave_one_out(runs, transport, progress)
     results = {r.analysis.id: r.result for r in runs if r.result is not None}
     releases = {r.analysis.id: r.release for r in runs if r.release is not None}
     aggregation = transport.describe()
@@ -78,3 +79,34 @@ def dp_provenance(study: Study) -> dict[str, object]:
         "note": "estimates and confidence intervals are computed from noisy counts; the "
         "intervals do not include the noise",
     }
+
+
+MAX_RELEASE_ROUNDS = 20
+"""Leave-one-out rounds before the bins still refused are suppressed outright."""
+
+
+def _leave_one_out(
+    runs: list[AnalysisRun], transport: Transport, progress: Callable[[str], None]
+) -> None:
+    """Each site checks the release minus its own rows; refused bins are merged and asked again.
+
+    Every round merges at least one refused bin into a neighbour (or
+    suppresses a series that is down to one refused bin), so the rounds end;
+    after ``MAX_RELEASE_ROUNDS`` the series still refused are suppressed.
+    """
+    checked = {r.analysis.id: r for r in runs if r.released is not None}
+    for attempt in range(1, MAX_RELEASE_ROUNDS + 1):
+        if not checked:
+            return
+        failing = transport.confirm_release(
+            {aid: (r.released, r.top_slot) for aid, r in checked.items() if r.released is not None}
+        )
+        if not failing:
+            progress(f"release agreed by every site (leave-one-out, {attempt} round(s))")
+            return
+        progress(
+            f"leave-one-out: {sum(len(s) for s in failing.values())} series of "
+            f"{', '.join(sorted(failing))} merged further"
+        )
+        for aid, series in failing.items():
+            checked[aid].refuse(series, suppress=attempt == MAX_RELEASE_ROUNDS)

@@ -9,7 +9,7 @@ vector of public length, masked, and only the sum is unmasked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,7 +23,7 @@ from her2fed.secagg.driver import Consortium, SteppedSession, simulated_consorti
 from her2fed.secagg.errors import SessionAbortedError
 from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
 from her2fed.summary import Additive, flatten_all, merge, split_flat
-from site_agent.handlers import SiteAgent
+from site_agent.handlers import Released, SiteAgent
 
 MIN_SECURE_SITES = 3
 
@@ -50,6 +50,20 @@ class AggregationError(Her2fedError):
     """Secure aggregation refused to release a sum (too few sites, a broken session)."""
 
 
+Failing = dict[str, dict[int, list[int]]]
+"""Analysis id -> series -> merged-bin ends that a site's leave-one-out check refused."""
+
+
+def merge_failing(replies: Iterable[Failing]) -> Failing:
+    """The union of the sites' leave-one-out refusals."""
+    out: dict[str, dict[int, set[int]]] = {}
+    for reply in replies:
+        for aid, series in reply.items():
+            for s, ends in series.items():
+                out.setdefault(aid, {}).setdefault(int(s), set()).update(int(e) for e in ends)
+    return {aid: {s: sorted(e) for s, e in series.items()} for aid, series in out.items()}
+
+
 class Transport(Protocol):
     def sites(self) -> list[str]: ...
 
@@ -63,6 +77,11 @@ class Transport(Protocol):
 
     def release_rule(self) -> ReleaseRule:
         """The strictest disclosure thresholds of the sites (they apply to the pooled release)."""
+        ...
+
+    def confirm_release(self, releases: Mapping[str, Released]) -> Failing:
+        """Every site's leave-one-out check of the release: per analysis and series, the
+        merged bins some site refused (empty: every site agrees)."""
         ...
 
 
@@ -119,6 +138,9 @@ class InProcessTransport:
 
     def release_rule(self) -> ReleaseRule:
         return ReleaseRule.strictest([a.release_rule for a in self._agents])
+
+    def confirm_release(self, releases: Mapping[str, Released]) -> Failing:
+        return merge_failing(a.check_release(releases) for a in self._agents)
 
     def exclude(self, sites: Sequence[str]) -> None:
         raise AggregationError(f"in-process sites do not drop out; cannot exclude {list(sites)}")

@@ -47,7 +47,8 @@ nothing a site's policy would not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -90,6 +91,8 @@ class Release:
     """Attrition: the last released line slot (0-based), the ones after it merged into it."""
     suppressed_groups: tuple[int, ...] = ()
     withheld_cells: int = 0
+    blocks: Mapping[int, Blocks] = field(default_factory=dict)
+    """Per series, the merged bins released (for leave-one-out rounds; not in results.json)."""
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -170,29 +173,76 @@ def _merge(x: IntArray, blocks: list[tuple[int, int]]) -> IntArray:
     return out
 
 
-def release_table(table: EventTable, rule: ReleaseRule) -> tuple[EventTable, Release]:
-    """The released version of a pooled event table (see the module docstring)."""
+Blocks = tuple[tuple[int, int], ...]
+"""A series' merged bins as (first bin, last bin); empty: the series is suppressed."""
+
+
+def coarsen(blocks: Blocks, refused: set[int]) -> Blocks:
+    """One leave-one-out round: each refused merged bin joins its next neighbour (the previous
+    one for the last bin); a series down to one refused bin is suppressed (empty).
+
+    Merging two passing bins gives a passing bin, and every round removes at
+    least one bin from a refused series, so the rounds end.
+    """
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < len(blocks):
+        start, end = blocks[i]
+        if end not in refused:
+            out.append((start, end))
+            i += 1
+        elif i + 1 < len(blocks):
+            out.append((start, blocks[i + 1][1]))
+            i += 2
+        elif out:
+            out[-1] = (out[-1][0], end)
+            i += 1
+        else:
+            return ()
+    return tuple(out)
+
+
+def release_table(
+    table: EventTable, rule: ReleaseRule, blocks: Mapping[int, Blocks] | None = None
+) -> tuple[EventTable, Release]:
+    """The released version of a pooled event table (see the module docstring).
+
+    ``blocks`` fixes the merged bins of some series (stratum * n_groups +
+    group), as leave-one-out rounds coarsen them; other series get the
+    greedy merge. ``Release.blocks`` holds every series' merged bins.
+    """
+    given = blocks or {}
     events = table.events.astype(np.int64, copy=True)
     censored = table.censored.astype(np.int64, copy=True)
     events, censored, truncated = _truncate(events, censored, rule.min_at_risk)
     suppressed: list[int] = []
+    used: dict[int, Blocks] = {}
     merged = released = 0
     n_s, n_g = censored.shape[:2]
     for s in range(n_s):
         for g in range(n_g):
+            series = s * n_g + g
             # released cells per bin: events of each cause, and everyone leaving (the
             # drop in the number at risk), which also covers the censorings
             cells = np.vstack([events[s, g], events[s, g].sum(axis=0) + censored[s, g]])
-            if _small(cells.sum(axis=1), rule.min_cell).any():
-                suppressed.append(s * n_g + g)  # too few at any resolution
+            if series in given:
+                chosen = given[series]
+            elif _small(cells.sum(axis=1), rule.min_cell).any():
+                chosen = ()  # too few at any resolution
+            else:
+                greedy = _blocks(cells, rule.min_cell)
+                chosen = tuple((a, b) for a, b in greedy if cells[:, a : b + 1].any())
+            used[series] = chosen
+            if not chosen:
+                if cells.any():
+                    suppressed.append(series)
                 events[s, g] = 0
                 censored[s, g] = 0
                 continue
-            blocks = [(a, b) for a, b in _blocks(cells, rule.min_cell) if cells[:, a : b + 1].any()]
-            events[s, g] = _merge(events[s, g], blocks)
-            censored[s, g] = _merge(censored[s, g], blocks)
-            merged += sum(b - a for a, b in blocks)
-            released += len(blocks)
+            events[s, g] = _merge(events[s, g], list(chosen))
+            censored[s, g] = _merge(censored[s, g], list(chosen))
+            merged += sum(b - a for a, b in chosen)
+            released += len(chosen)
     out = EventTable(events=events, censored=censored, dropped=table.dropped)
     return out, Release(
         rule.min_cell,
@@ -201,7 +251,51 @@ def release_table(table: EventTable, rule: ReleaseRule) -> tuple[EventTable, Rel
         suppressed_series=tuple(suppressed),
         merged_bins=merged,
         released_bins=released,
+        blocks=used,
     )
+
+
+def conform(own: EventTable, released: EventTable) -> EventTable:
+    """A site's own table put on the released table's merged bins (the site's side of
+    leave-one-out): per series, rows move to the end of their merged bin, rows after the
+    last released bin count as censored there, and a suppressed series is empty."""
+    events = np.zeros_like(own.events)
+    censored = np.zeros_like(own.censored)
+    n_s, n_g = own.censored.shape[:2]
+    for s in range(n_s):
+        for g in range(n_g):
+            ends = np.flatnonzero(released.events[s, g].sum(axis=0) + released.censored[s, g])
+            if ends.size == 0:
+                continue
+            last = int(ends[-1])
+            for b in np.flatnonzero(own.events[s, g].sum(axis=0) + own.censored[s, g]):
+                if b > last:  # truncated: still at risk at the last released bin
+                    censored[s, g, last] += own.events[s, g, :, b].sum() + own.censored[s, g, b]
+                    continue
+                e = int(ends[np.searchsorted(ends, b)])
+                events[s, g, :, e] += own.events[s, g, :, b]
+                censored[s, g, e] += own.censored[s, g, b]
+    return EventTable(events=events, censored=censored, dropped=own.dropped)
+
+
+def leave_one_out(released: EventTable, own: EventTable, rule: ReleaseRule) -> dict[int, list[int]]:
+    """The merged-bin ends, per series, where the release minus this site's rows fails.
+
+    What every other site together contributed to a released bin must also be
+    0 or at least ``min_cell``, or this site would learn a small count of other
+    hospitals' patients. Returns {} when the release passes.
+    """
+    mine = conform(own, released)
+    others_events = released.events - mine.events
+    others_leaving = others_events.sum(axis=2) + released.censored - mine.censored
+    n_g = released.censored.shape[1]
+    bad = _small(others_events, rule.min_cell).any(axis=2) | _small(
+        others_leaving, rule.min_cell
+    )
+    failing: dict[int, list[int]] = {}
+    for s, g, b in zip(*np.nonzero(bad), strict=True):
+        failing.setdefault(int(s) * n_g + int(g), []).append(int(b))
+    return failing
 
 
 # ---------------------------------------------------------------- attrition
@@ -272,8 +366,20 @@ class AttritionRelease:
     """Per count field, [slot(, state)] totals over groups not released."""
 
 
+def top_code_strata(table: EventTable, top: int) -> EventTable:
+    """The A3 table with line slots (its strata) after ``top`` merged into ``top``."""
+    return EventTable(
+        events=_top_code(table.events.astype(np.int64), top, axis=0),
+        censored=_top_code(table.censored.astype(np.int64), top, axis=0),
+        dropped=table.dropped,
+    )
+
+
 def release_attrition(
-    counts: AttritionCounts, table: EventTable, rule: ReleaseRule
+    counts: AttritionCounts,
+    table: EventTable,
+    rule: ReleaseRule,
+    blocks: Mapping[int, Blocks] | None = None,
 ) -> AttritionRelease:
     """Top-code late lines (counts and the A3 table, whose strata are line slots), then
     withhold the remaining small cells with complementary suppression."""
@@ -299,7 +405,7 @@ def release_attrition(
     events[:, list(suppressed)] = 0
     censored[:, list(suppressed)] = 0
     a3_table, a3 = release_table(
-        EventTable(events=events, censored=censored, dropped=table.dropped), rule
+        EventTable(events=events, censored=censored, dropped=table.dropped), rule, blocks
     )
     withheld, withheld_total = {}, {}
     for name in COUNT_FIELDS:
@@ -317,6 +423,7 @@ def release_attrition(
             top_slot=top,
             suppressed_groups=suppressed,
             withheld_cells=int(sum(m.sum() for m in withheld.values())),
+            blocks=a3.blocks,
         ),
         withheld,
         withheld_total,

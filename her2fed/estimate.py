@@ -29,7 +29,14 @@ from her2fed.cox import (
     newton,
     warm_start,
 )
-from her2fed.disclosure import Release, ReleaseRule, release_attrition, release_table
+from her2fed.disclosure import (
+    Blocks,
+    Release,
+    ReleaseRule,
+    coarsen,
+    release_attrition,
+    release_table,
+)
 from her2fed.dp import clip_all
 from her2fed.errors import EstimationError
 from her2fed.grid import TimeGrid
@@ -162,6 +169,11 @@ class AnalysisRun:
         self.release: Release | None = None
         """What disclosure control did before estimation (None: nothing to do or no rule)."""
         self.dp_noise_variance = dp_noise_variance
+        self.released: EventTable | None = None
+        """The released event table (after disclosure control), which sites check once more."""
+        self.blocks: dict[int, Blocks] = {}
+        """Per series, merged bins fixed by leave-one-out rounds (others: the greedy merge)."""
+        self._pooled: tuple[Additive, ...] = ()
         self.result: Result | None = None
         self.rounds = 0
         self._pending: list[Query] = [Query(analysis.id, s) for s in first_steps(analysis)]
@@ -187,18 +199,8 @@ class AnalysisRun:
             merged = clip_all(merged)  # noisy counts can be < 0; clipping is free post-processing
         self._pending = []
         if step == "attrition_counts":
-            counts, table = merged
-            assert isinstance(counts, AttritionCounts) and isinstance(table, EventTable)
-            if self.rule is None:
-                self.result = estimate_attrition(self.analysis, self.grid, counts, table)
-                return
-            released = release_attrition(counts, table, self.rule)
-            self.release = released.release
-            self.result = replace(
-                estimate_attrition(self.analysis, self.grid, released.counts, released.table),
-                withheld=released.withheld,
-                withheld_total=released.withheld_total,
-            )
+            self._pooled = tuple(merged)
+            self._release_attrition()
             return
         if step in ("cox_moments", "cox_sums", "cox_derivs"):
             self._receive_cox(step, merged)
@@ -211,10 +213,8 @@ class AnalysisRun:
                 min_count = max(min_count, self.rule.min_cell)
             self.result = PathwaysResult(group_rare(summary, min_count))
         elif step == "table":
-            assert isinstance(summary, EventTable)
-            if self.rule is not None:
-                summary, self.release = release_table(summary, self.rule)
-            self.result = estimate_table(self.analysis, self.grid, summary)
+            self._pooled = (summary,)
+            self._release_table()
         elif step == "logrank_parts":
             assert isinstance(summary, LogrankParts)
             self.result = LogrankOutcome(
@@ -222,6 +222,46 @@ class AnalysisRun:
                 logrank_test(summary, self.analysis.rho),
                 int(summary.dropped[0]),
             )
+
+    @property
+    def top_slot(self) -> int | None:
+        """Attrition: the line slot later slots were merged into (the A3 table's strata too)."""
+        return None if self.release is None else self.release.top_slot
+
+    def refuse(self, failing: Mapping[int, Sequence[int]], *, suppress: bool = False) -> None:
+        """Sites' leave-one-out checks refused these merged bins (by their last bin): merge each
+        with a neighbour (or suppress the series), release and estimate again."""
+        assert self.release is not None
+        for series, ends in failing.items():
+            current = self.release.blocks.get(series, ())
+            self.blocks[series] = () if suppress else coarsen(current, set(ends))
+        if self.analysis.kind == "attrition":
+            self._release_attrition()
+        else:
+            self._release_table()
+
+    def _release_table(self) -> None:
+        (table,) = self._pooled
+        assert isinstance(table, EventTable)
+        if self.rule is not None:
+            table, self.release = release_table(table, self.rule, self.blocks)
+            self.released = table
+        self.result = estimate_table(self.analysis, self.grid, table)
+
+    def _release_attrition(self) -> None:
+        counts, table = self._pooled
+        assert isinstance(counts, AttritionCounts) and isinstance(table, EventTable)
+        if self.rule is None:
+            self.result = estimate_attrition(self.analysis, self.grid, counts, table)
+            return
+        released = release_attrition(counts, table, self.rule, self.blocks)
+        self.release = released.release
+        self.released = released.table
+        self.result = replace(
+            estimate_attrition(self.analysis, self.grid, released.counts, released.table),
+            withheld=released.withheld,
+            withheld_total=released.withheld_total,
+        )
 
     def _receive_cox(self, step: str, merged: Sequence[Additive]) -> None:
         if step == "cox_moments":

@@ -7,14 +7,15 @@ re-read files per Newton step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from her2fed.catalog import ENDPOINTS
+from her2fed.counts import EventTable
 from her2fed.cox import CoxRows
-from her2fed.disclosure import ReleaseRule
+from her2fed.disclosure import ReleaseRule, leave_one_out, top_code_strata
 from her2fed.dp import BudgetDecision
 from her2fed.errors import DataError, ProtocolError
 from her2fed.protocol import Prepared, Query, RegistryRows, local_summary, registry_summary
@@ -27,6 +28,9 @@ from site_agent.derived import DerivedRegistry, derive_registry
 from site_agent.dp_site import privatize
 from site_agent.policy import check_query, check_study
 from site_agent.registry import load_registry
+
+Released = tuple[EventTable, int | None]
+"""A released event table and, for attrition, the line slot later slots were merged into."""
 
 
 class SiteAgent:
@@ -50,6 +54,7 @@ class SiteAgent:
         self._cox_cache: dict[str, CoxRows] = {}
         self._steps: dict[str, int] = {}  # Newton evaluations answered per Cox analysis
         self._study_checked = False
+        self._own: dict[str, EventTable] = {}  # own curve / A3 tables, for leave-one-out
         self.last_dp: BudgetDecision | None = None
         """The DP budget the last round charged (None: no noise in this study)."""
         self.last_checks: list[tuple[str, str, object]] = []
@@ -190,4 +195,35 @@ class SiteAgent:
             if q.step in ("cox_sums", "cox_derivs"):
                 self._steps[q.analysis_id] = seen + 1
             out.append(local_summary(self.study.grid, analysis, rows, q, self._cox_cache))
+        for q, summary in zip(queries, out, strict=True):
+            if q.step in ("table", "attrition_cif") and isinstance(summary, EventTable):
+                self._own[q.analysis_id] = summary
         return privatize(self, queries, out, n_sites)
+
+    def check_release(self, releases: Mapping[str, Released]) -> dict[str, dict[int, list[int]]]:
+        """Leave-one-out: per analysis, the released bins that, minus this site's own rows,
+        leave other hospitals' counts of 1..min_cell-1 (empty: the site agrees).
+
+        Under differential privacy the released counts are noisy, so the
+        subtraction reveals nothing exact and the check is not needed.
+        """
+        if self.study.dp_noise_variance > 0:
+            return {}
+        failing: dict[str, dict[int, list[int]]] = {}
+        for aid, (released, top_slot) in releases.items():
+            own = self._own.get(aid)
+            if own is None:
+                raise ProtocolError(
+                    f"the release names analysis {aid!r}, whose table this site did not compute "
+                    "in this session; refused"
+                )
+            if top_slot is not None:
+                own = top_code_strata(own, top_slot)
+            if released.events.shape != own.events.shape or (
+                released.censored.shape != own.censored.shape
+            ):
+                raise ProtocolError(f"the release of analysis {aid!r} has the wrong shape; refused")
+            bad = leave_one_out(released, own, self.release_rule)
+            if bad:
+                failing[aid] = bad
+        return failing

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from her2fed.attrition import AttritionCounts
 from her2fed.counts import EventTable, event_table
-from her2fed.disclosure import ReleaseRule, release_attrition, release_table
+from her2fed.disclosure import (
+    ReleaseRule,
+    coarsen,
+    conform,
+    leave_one_out,
+    release_attrition,
+    release_table,
+)
 from her2fed.grid import TimeGrid
 from her2fed.km import kaplan_meier
 
@@ -182,3 +189,50 @@ def test_a_small_cell_is_withheld_with_a_complement_so_the_total_does_not_give_i
 @pytest.mark.parametrize("min_cell", [0, 1])
 def test_the_rule_can_be_off(min_cell: int) -> None:
     assert not ReleaseRule(min_cell, 0).active
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(40, 600), n_sites=st.integers(3, 6))
+def test_leave_one_out_rounds_end_with_every_site_agreeing(seed: int, n: int, n_sites: int) -> None:
+    """The coordinator's rounds: release, every site checks the release minus its own rows,
+    refused bins are merged with a neighbour. They end, and then no site can learn a count
+    of 1-4 of other hospitals' patients, while the release still passes on its own."""
+    grid = TimeGrid(30, 1800)
+    r = rows(seed, n, 2, 2)
+    owner = np.random.default_rng(seed + 1).integers(0, n_sites, n)
+    own = [table_of({k: v[owner == i] for k, v in r.items()}, grid, 2, 2) for i in range(n_sites)]
+    pooled = table_of(r, grid, 2, 2)
+    blocks: dict[int, tuple[tuple[int, int], ...]] = {}
+    for _ in range(grid.n_bins):
+        released, info = release_table(pooled, RULE, blocks)
+        failing: dict[int, set[int]] = {}
+        for mine in own:
+            for series, ends in leave_one_out(released, mine, RULE).items():
+                failing.setdefault(series, set()).update(ends)
+        if not failing:
+            break
+        for series, ends in failing.items():
+            blocks[series] = coarsen(info.blocks[series], ends)
+    assert not failing
+    assert_passes(released, RULE)
+    for mine in own:  # what the others contributed passes too
+        others = EventTable(
+            released.events - conform(mine, released).events,
+            released.censored - conform(mine, released).censored,
+            released.dropped,
+        )
+        assert_passes_cells(others, RULE)
+
+
+def assert_passes_cells(t: EventTable, rule: ReleaseRule) -> None:
+    leaving = t.events.sum(axis=2) + t.censored
+    for cells in (t.events, leaving):
+        assert not ((cells > 0) & (cells < rule.min_cell)).any()
+
+
+def test_coarsen_merges_each_refused_bin_once() -> None:
+    blocks = ((0, 1), (2, 4), (5, 5), (6, 9))
+    assert coarsen(blocks, {4}) == ((0, 1), (2, 5), (6, 9))
+    assert coarsen(blocks, {9}) == ((0, 1), (2, 4), (5, 9))
+    assert coarsen(blocks, {1, 5}) == ((0, 4), (5, 9))
+    assert coarsen(((0, 3),), {3}) == ()  # one refused bin left: suppressed

@@ -27,13 +27,14 @@ import hashlib
 import json
 import logging
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from her2fed.counts import EventTable
 from her2fed.disclosure import ReleaseRule
 from her2fed.dp import epsilon_delta
 from her2fed.errors import Her2fedError, ProtocolError
@@ -51,11 +52,14 @@ from site_agent.config import load_site
 from site_agent.federation.client import Handler, SiteRefusal
 from site_agent.federation.keys import KeyFileError, read_private_key
 from site_agent.federation.session import SessionInfo
-from site_agent.handlers import SiteAgent
+from site_agent.handlers import Released, SiteAgent
 from site_agent.policy import check_study
 from site_agent.site_files import site_files
 
 log = logging.getLogger("her2fed.federation.site")
+
+Failing = dict[str, dict[int, list[int]]]
+"""Analysis id -> series -> merged-bin ends refused by leave-one-out (as in the transport)."""
 
 # session ids this site process has taken part in (a session id is never accepted twice)
 _USED_SESSIONS: set[bytes] = set()
@@ -92,6 +96,56 @@ def decode_acceptance(reply: bytes, site: str) -> ReleaseRule:
     if rule.min_cell < 0 or rule.min_at_risk < 0:
         raise ProtocolError(f"site {site} sent negative release thresholds")
     return rule
+
+
+def encode_release(releases: Mapping[str, Released]) -> bytes:
+    """The coordinator's release for the sites' leave-one-out check (public once published)."""
+    return json.dumps(
+        {
+            aid: {
+                "events": table.events.tolist(),
+                "censored": table.censored.tolist(),
+                "top_slot": top,
+            }
+            for aid, (table, top) in releases.items()
+        }
+    ).encode()
+
+
+def decode_release(payload: bytes) -> dict[str, Released]:
+    try:
+        raw = json.loads(payload)
+        out: dict[str, Released] = {}
+        for aid, item in raw.items():
+            events = np.asarray(item["events"], dtype=np.int64)
+            censored = np.asarray(item["censored"], dtype=np.int64)
+            top = item["top_slot"]
+            if events.ndim != 4 or censored.ndim != 3:
+                raise ValueError("shape")
+            if not (top is None or isinstance(top, int)):
+                raise TypeError("top_slot")
+            table = EventTable(events=events, censored=censored, dropped=np.zeros(1, np.int64))
+            out[str(aid)] = (table, top)
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise SiteRefusal(f"malformed release ({type(err).__name__})") from None
+
+
+def encode_failing(failing: Failing) -> bytes:
+    return json.dumps(failing).encode()
+
+
+def decode_failing(reply: bytes, site: str) -> Failing:
+    try:
+        raw = json.loads(reply)
+        return {
+            str(aid): {int(s): [int(e) for e in ends] for s, ends in series.items()}
+            for aid, series in raw.items()
+        }
+    except (ValueError, TypeError, AttributeError):
+        raise ProtocolError(
+            f"site {site} answered the release check with a malformed reply"
+        ) from None
 
 
 def encode_layouts(answers: Sequence[Additive]) -> bytes:
@@ -175,6 +229,16 @@ class StudySession:
                 )
             if step == "secagg":
                 return self.secagg(payload)
+            if step == "release":
+                self._received(step, payload)
+                failing = self.release(decode_release(payload))
+                return self._send(
+                    step,
+                    encode_failing(failing),
+                    what="leave-one-out check of the release: "
+                    + ("agreed" if not failing else "merged bins refused (positions only)"),
+                    analyses=list(failing),
+                )
             self._received(step, payload)
             raise SiteRefusal(f"unknown step {step!r}")
         except SiteRefusal as err:
@@ -296,6 +360,11 @@ class StudySession:
             )
         )
         return encode_layouts(answers)
+
+    def release(self, releases: Mapping[str, Released]) -> Failing:
+        if self.agent is None:
+            raise SiteRefusal("no study has been accepted in this session")
+        return self.agent.check_release(releases)
 
     def secagg(self, payload: bytes) -> bytes:
         msg = messages.decode(payload)
