@@ -140,7 +140,13 @@ class InProcessTransport:
         return ReleaseRule.strictest([a.release_rule for a in self._agents])
 
     def confirm_release(self, releases: Mapping[str, Released]) -> Failing:
-        return merge_failing(a.check_release(releases) for a in self._agents)
+        replies = []
+        for agent in self._agents:
+            try:
+                replies.append(agent.check_release(releases))
+            except Her2fedError as err:
+                raise SiteFailure(agent.site_id, str(err)) from None
+        return merge_failing(replies)
 
     def exclude(self, sites: Sequence[str]) -> None:
         raise AggregationError(f"in-process sites do not drop out; cannot exclude {list(sites)}")

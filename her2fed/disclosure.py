@@ -278,6 +278,18 @@ def conform(own: EventTable, released: EventTable) -> EventTable:
     return EventTable(events=events, censored=censored, dropped=own.dropped)
 
 
+def sole_series(released: EventTable, own: EventTable) -> list[int]:
+    """Series of the release that come from this site alone (a per-site release in disguise,
+    e.g. a curve "by country" where the country is this one hospital)."""
+    mine = conform(own, released)
+    shown = (released.events.sum(axis=(2, 3)) + released.censored.sum(axis=2)) > 0
+    same = (released.events == mine.events).all(axis=(2, 3)) & (
+        released.censored == mine.censored
+    ).all(axis=2)
+    n_g = released.censored.shape[1]
+    return [int(s) * n_g + int(g) for s, g in zip(*np.nonzero(shown & same), strict=True)]
+
+
 def leave_one_out(released: EventTable, own: EventTable, rule: ReleaseRule) -> dict[int, list[int]]:
     """The merged-bin ends, per series, where the release minus this site's rows fails.
 

@@ -15,7 +15,7 @@ import pandas as pd
 from her2fed.catalog import ENDPOINTS
 from her2fed.counts import EventTable
 from her2fed.cox import CoxRows
-from her2fed.disclosure import ReleaseRule, leave_one_out, top_code_strata
+from her2fed.disclosure import ReleaseRule, leave_one_out, sole_series, top_code_strata
 from her2fed.dp import BudgetDecision
 from her2fed.errors import DataError, ProtocolError
 from her2fed.protocol import Prepared, Query, RegistryRows, local_summary, registry_summary
@@ -26,7 +26,7 @@ from site_agent.config import SiteConfig
 from site_agent.data import level_codes, load_table, prepare
 from site_agent.derived import DerivedRegistry, derive_registry
 from site_agent.dp_site import privatize
-from site_agent.policy import check_query, check_study
+from site_agent.policy import PolicyRefusal, check_query, check_study
 from site_agent.registry import load_registry
 
 Released = tuple[EventTable, int | None]
@@ -223,6 +223,15 @@ class SiteAgent:
                 released.censored.shape != own.censored.shape
             ):
                 raise ProtocolError(f"the release of analysis {aid!r} has the wrong shape; refused")
+            if not self.config.policy.per_site_release and sole_series(released, own):
+                raise PolicyRefusal(
+                    "per_site_release",
+                    False,
+                    f"part of analysis {aid!r}'s release (a group or stratum) comes from this "
+                    "site alone, so it would publish this hospital's own result",
+                    "the study groups several sites together, or the privacy officer sets "
+                    "per_site_release = true in [policy]",
+                )
             bad = leave_one_out(released, own, self.release_rule)
             if bad:
                 failing[aid] = bad

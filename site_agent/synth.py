@@ -1747,7 +1747,8 @@ def write_site(
         f"min_cohort = {policy.min_cohort}",
         f"min_sites = {policy.min_sites}",
         f"min_grid_days = {policy.min_grid_days}",
-        f"per_site_release = {str(policy.per_site_release).lower()}",
+        "# one synthetic site per country: a comparison of countries is one of sites",
+        "per_site_release = true",
         "",
     ]
     toml = out / "site.toml"

@@ -137,3 +137,35 @@ def test_refusal_reaches_the_coordinator_with_the_site_name() -> None:
         run_study(study, InProcessTransport(agents))
     assert info.value.site == "site1" and "allowed_kinds" in info.value.reason
     assert run(study, frames)  # the research policy used elsewhere accepts the same study
+
+
+def test_a_group_that_is_one_site_is_a_per_site_release() -> None:
+    """KM "by hospital" is each hospital's own curve: with per_site_release off (the default)
+    a site refuses the release at its leave-one-out check; a site that allows it answers."""
+    from coordinator.orchestrate import run_study
+    from coordinator.transport import InProcessTransport
+    from site_agent.config import SiteConfig
+
+    frames = split(load("gbsg2"), 3, seed=2)
+    for i, f in enumerate(frames):
+        f["hospital"] = f"h{i}"
+    by_site = analysis(
+        id="km",
+        kind="km",
+        time="time",
+        event="cens",
+        by={"column": "hospital", "levels": ["h0", "h1", "h2"]},
+    )
+    study = study_of(by_site, grid_days=30, horizon_days=2880)
+
+    def agents(policy: Policy) -> list[SiteAgent]:
+        return [
+            SiteAgent(SiteConfig(Path(f"s{i}.toml"), f"s{i}", "XX", policy=policy), study,
+                      tables={DATASET: f})
+            for i, f in enumerate(frames)
+        ]  # fmt: skip
+
+    with pytest.raises(SiteFailure, match=r"per_site_release = False.*comes from this site alone"):
+        run_study(study, InProcessTransport(agents(Policy())))
+    allowed = run_study(study, InProcessTransport(agents(Policy(per_site_release=True))))
+    assert set(allowed.results) == {"km"}
