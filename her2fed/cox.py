@@ -107,6 +107,7 @@ class CoxRows:
     center: tuple[float, ...]
     n_strata: int
     n_bins: int
+    bins: tuple[int, ...]
     dead_cell: IntArray
     dead_xt: FloatArray
     cens_cell: IntArray
@@ -121,16 +122,37 @@ def cox_rows(
     x: FloatArray,
     center: tuple[float, ...],
     n_strata: int,
+    merged: tuple[int, ...] = (),
 ) -> CoxRows:
-    """Arrange a site's rows for ``cox_sums``; ``center`` = pooled covariate means."""
+    """Arrange a site's rows for ``cox_sums``; ``center`` = pooled covariate means.
+
+    ``merged`` (cells ``stratum * n_bins + last bin``, increasing) puts each
+    row at the end of its merged risk-set bin, the rows after a stratum's last
+    merged bin censored there, and leaves out strata with no merged bin (the
+    disclosure rules suppressed them): the Cox model of the same rows on
+    coarser times.
+    """
     bins, ev = grid.bin(time, event)
     cell = stratum * grid.n_bins + bins
+    keep = np.ones(cell.size, dtype=bool)
+    if merged:
+        ends = np.asarray(merged, dtype=np.int64)
+        last = np.full(n_strata, -1, dtype=np.int64)
+        last[ends // grid.n_bins] = ends  # increasing: the last write per stratum wins
+        stratum_last = last[stratum]
+        keep = stratum_last >= 0
+        late = cell > stratum_last
+        ev = np.where(late, 0, ev)
+        at = np.minimum(np.searchsorted(ends, cell), ends.size - 1)
+        cell = np.where(late, stratum_last, ends[at])
+        ev, cell, x = ev[keep], cell[keep], x[keep]
     xt = np.ascontiguousarray((x - np.asarray(center, dtype=np.float64)).T)
     dead = ev > 0
     return CoxRows(
         center=center,
         n_strata=n_strata,
         n_bins=grid.n_bins,
+        bins=merged,
         dead_cell=cell[dead],
         dead_xt=np.ascontiguousarray(xt[:, dead]),
         cens_cell=cell[~dead],

@@ -183,6 +183,7 @@ class AnalysisRun:
         self._waiting: np.ndarray = np.zeros(0)  # the beta Newton waits to be evaluated at
         self._asked: list[np.ndarray] = []
         self._known: dict[tuple[float, ...], CoxDerivs] = {}
+        self._bins: tuple[int, ...] = ()  # merged risk-set bins of a Cox model (cells)
 
     @property
     def done(self) -> bool:
@@ -265,8 +266,11 @@ class AnalysisRun:
 
     def _receive_cox(self, step: str, merged: Sequence[Additive]) -> None:
         if step == "cox_moments":
-            moments, fit = merged
+            moments, fit, *table = merged
             assert isinstance(moments, CoxMoments) and isinstance(fit, CoxLocalFit)
+            if table and self.rule is not None:
+                assert isinstance(table[0], EventTable)
+                self._merge_risk_sets(table[0])
             self._start_cox(moments, fit)
             return
         ties = self.analysis.ties
@@ -293,11 +297,24 @@ class AnalysisRun:
         # beta = 0 and the warm start go out in the same round
         self._ask([self._waiting] if start is None else [self._waiting, start])
 
+    def _merge_risk_sets(self, table: EventTable) -> None:
+        """Risk-set bins merged by the release rules, so every per-bin sum a site sends
+        covers at least ``min_cell`` patients leaving (and 0 or >= min_cell deaths)."""
+        assert self.rule is not None
+        _, self.release = release_table(table, self.rule)
+        n_bins = table.events.shape[-1]
+        n_groups = table.events.shape[1]
+        self._bins = tuple(
+            (series // n_groups) * n_bins + end
+            for series, blocks in sorted(self.release.blocks.items())
+            for _, end in blocks
+        )
+
     def _ask(self, betas: list[np.ndarray]) -> None:
         self._asked = betas
         step: Step = "cox_derivs" if self.analysis.strata_by_site else "cox_sums"
         self._pending = [
-            Query(self.analysis.id, step, tuple(float(b) for b in beta), self._center)
+            Query(self.analysis.id, step, tuple(float(b) for b in beta), self._center, self._bins)
             for beta in betas
         ]
 

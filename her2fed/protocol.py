@@ -49,6 +49,9 @@ class Query:
     step: Step
     beta: tuple[float, ...] = ()
     center: tuple[float, ...] = ()
+    bins: tuple[int, ...] = ()
+    """``cox_sums``: the merged risk-set bins as cells (stratum * n_bins + last bin), so that
+    every released per-bin sum covers at least ``min_cell`` patients; empty: the grid."""
 
 
 def allowed_steps(analysis: Analysis) -> tuple[Step, ...]:
@@ -58,8 +61,9 @@ def allowed_steps(analysis: Analysis) -> tuple[Step, ...]:
     if analysis.kind == "pathways":
         return ("pathways",)
     if analysis.kind == "cox":
-        last: Step = "cox_derivs" if analysis.strata_by_site else "cox_sums"
-        return ("cox_moments", "cox_local_fit", last)
+        if analysis.strata_by_site:  # derivatives only: no per-bin sum leaves a site
+            return ("cox_moments", "cox_local_fit", "cox_derivs")
+        return ("cox_moments", "cox_local_fit", "table", "cox_sums")
     if analysis.kind == "logrank" and analysis.strata_by_site:
         return ("logrank_parts",)
     return ("table",)
@@ -84,12 +88,20 @@ def check_query(analysis: Analysis, query: Query) -> None:
         raise ProtocolError(f"step {query.step!r} takes no coefficients")
     if not all(np.isfinite(v) for v in (*query.beta, *query.center)):
         raise ProtocolError(f"query for analysis {analysis.id!r} carries non-finite numbers")
+    if query.bins and query.step != "cox_sums":
+        raise ProtocolError(f"step {query.step!r} takes no merged bins")
+    cells = np.asarray(query.bins, dtype=np.int64)
+    if cells.size and (cells[0] < 0 or (np.diff(cells) <= 0).any()):
+        raise ProtocolError(
+            f"query for analysis {analysis.id!r} carries merged bins that are not increasing"
+        )
 
 
 def first_steps(analysis: Analysis) -> tuple[Step, ...]:
     """The steps that open an analysis (all analyses open in the same round)."""
     if analysis.kind == "cox":
-        return ("cox_moments", "cox_local_fit")
+        # the Cox rows' event table: the coordinator merges risk-set bins from it
+        return ("cox_moments", "cox_local_fit") + (() if analysis.strata_by_site else ("table",))
     if analysis.kind == "attrition":
         return ("attrition_counts", "attrition_cif")
     return allowed_steps(analysis)
@@ -185,9 +197,18 @@ def local_summary(
         return local_fit(own, analysis.ties)
     cache = {} if cox_cache is None else cox_cache
     arranged = cache.get(analysis.id)
-    if arranged is None or arranged.center != query.center:
+    if arranged is None or arranged.center != query.center or arranged.bins != query.bins:
+        if query.bins and query.bins[-1] >= analysis.n_strata * grid.n_bins:
+            raise ProtocolError(f"query for analysis {analysis.id!r} names bins past the grid")
         arranged = cox_rows(
-            grid, rows.time, rows.event, rows.stratum, rows.x, query.center, analysis.n_strata
+            grid,
+            rows.time,
+            rows.event,
+            rows.stratum,
+            rows.x,
+            query.center,
+            analysis.n_strata,
+            query.bins,
         )
         cache[analysis.id] = arranged
     beta = np.asarray(query.beta, dtype=np.float64)

@@ -566,6 +566,7 @@ class AuditLog:
                     "step": q.step,
                     "beta": list(q.beta),
                     "center": list(q.center),
+                    **({"merged_bins": list(q.bins)} if q.bins else {}),
                 }
                 for q in queries
             ]

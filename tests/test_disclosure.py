@@ -3,7 +3,10 @@ is still an exact estimator of the pooled rows (on coarser, documented times).""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -236,3 +239,59 @@ def test_coarsen_merges_each_refused_bin_once() -> None:
     assert coarsen(blocks, {9}) == ((0, 1), (2, 4), (5, 9))
     assert coarsen(blocks, {1, 5}) == ((0, 4), (5, 9))
     assert coarsen(((0, 3),), {3}) == ()  # one refused bin left: suppressed
+
+
+def test_cox_risk_sets_are_merged_so_each_bin_loses_at_least_five() -> None:
+    """Per-bin Cox sums would give a lone leaver's covariates away (exit sums of w*x over one
+    patient). Under the release rules the coordinator merges risk-set bins from the Cox
+    rows' event table and the sites send sums on those bins: the fit equals the exact Cox
+    model of the same rows with times moved to the end of their merged bin."""
+    from coordinator.orchestrate import run_study
+    from coordinator.transport import InProcessTransport
+    from her2fed.cox import CoxResult
+    from site_agent.config import Policy, SiteConfig
+    from site_agent.handlers import SiteAgent
+    from tests.fedrun import DATASET, analysis, load, site_config, split, study_of
+
+    cox = analysis(id="cox", kind="cox", time="time", event="cens", covariates=["age", "pnodes"])
+    study = study_of(cox, grid_days=30, horizon_days=2880)
+    frames = split(load("gbsg2"), 3, seed=4)
+    policy = Policy(min_grid_days=30)
+    agents = [
+        SiteAgent(SiteConfig(Path(f"s{i}.toml"), f"s{i}", "XX", policy=policy), study,
+                  tables={DATASET: f})
+        for i, f in enumerate(frames)
+    ]  # fmt: skip
+    outcome = run_study(study, InProcessTransport(agents))
+    merged = outcome.releases["cox"]
+    ends = np.array([end for _, end in merged.blocks[0]])
+    assert 0 < ends.size < study.grid.n_bins - 1
+    # every merged bin loses at least five patients, pooled
+    pooled = pd.concat(frames)
+    bins, _ = study.grid.bin(pooled["time"].to_numpy(float), pooled["cens"].to_numpy(int))
+    last = ends[-1]
+    at = ends[np.minimum(np.searchsorted(ends, bins), ends.size - 1)]
+    leaving = np.bincount(np.where(bins > last, last, at), minlength=study.grid.n_bins)
+    assert (leaving[leaving > 0] >= 5).all()
+    # ...and the fit is the exact Cox model on those coarser times
+    moved = pooled.copy()
+    moved["cens"] = np.where(bins > last, 0, pooled["cens"])
+    moved["time"] = np.where(bins > last, last, at) * study.grid.grid_days
+    exact = SiteAgent(site_config(0), study, tables={DATASET: moved.reset_index(drop=True)})
+    ref = run_study(study, InProcessTransport([exact], secure=False)).results["cox"]
+    got = outcome.results["cox"]
+    assert isinstance(got, CoxResult) and isinstance(ref, CoxResult)
+    np.testing.assert_allclose(got.coef, ref.coef, rtol=1e-8)
+    np.testing.assert_allclose(got.se, ref.se, rtol=1e-8)
+
+
+def test_a_cox_query_with_bins_out_of_order_is_refused() -> None:
+    from her2fed.errors import ProtocolError
+    from her2fed.protocol import Query, check_query
+    from tests.fedrun import analysis
+
+    cox = analysis(id="cox", kind="cox", time="time", event="cens", covariates=["age"])
+    with pytest.raises(ProtocolError, match="not increasing"):
+        check_query(cox, Query("cox", "cox_sums", (0.0,), (50.0,), (5, 3)))
+    with pytest.raises(ProtocolError, match="takes no merged bins"):
+        check_query(cox, Query("cox", "table", (), (), (3,)))

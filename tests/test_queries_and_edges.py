@@ -24,7 +24,8 @@ def agent() -> SiteAgent:
     [
         (Query("drop_table", "table"), "not in the study"),
         (Query("km", "cox_sums", (0.0,), (0.0,)), "not allowed for analysis 'km'"),
-        (Query("cox", "table"), "not allowed for analysis 'cox'"),
+        (Query("cox", "pathways"), "not allowed for analysis 'cox'"),
+        (Query("cox", "cox_sums", (0.0, 0.0), (0.0, 0.0), (7, 3)), "not increasing"),
         (Query("cox", "cox_sums", (0.0,), (0.0,)), "carries 1 coefficients"),
         (Query("cox", "cox_sums", (0.0, float("nan")), (0.0, 0.0)), "non-finite"),
         (Query("km", "table", (1.0,)), "takes no coefficients"),

@@ -67,16 +67,25 @@ _USED_SESSIONS: set[bytes] = set()
 
 def encode_queries(queries: Sequence[Query]) -> bytes:
     return json.dumps(
-        [[q.analysis_id, q.step, list(q.beta), list(q.center)] for q in queries]
+        [[q.analysis_id, q.step, list(q.beta), list(q.center), list(q.bins)] for q in queries]
     ).encode()
 
 
 def decode_queries(payload: bytes) -> list[Query]:
     try:
         raw = json.loads(payload)
-        return [Query(str(a), s, tuple(map(float, b)), tuple(map(float, c))) for a, s, b, c in raw]
+        return [
+            Query(str(a), s, tuple(map(float, b)), tuple(map(float, c)), tuple(map(_int, m)))
+            for a, s, b, c, m in raw
+        ]
     except (ValueError, TypeError) as err:
         raise SiteRefusal(f"malformed query list ({type(err).__name__})") from None
+
+
+def _int(value: object) -> int:
+    if type(value) is not int:
+        raise TypeError("merged bins must be integers")
+    return value
 
 
 def encode_acceptance(rule: ReleaseRule) -> bytes:
