@@ -351,6 +351,16 @@ def to_omop(frames: Mapping[str, pd.DataFrame], vocab: Vocabulary) -> dict[str, 
             "observation_date": pd.to_datetime(care["event_date"][keep]).to_numpy(),
             "value_as_string": None,
         }))
+    # patient-level dates are care events too (her2fed takes the latest of both)
+    for col, code in (("palliative_care_date", "SNOMED:103735009"),
+                      ("transfer_out_date", "SNOMED:399307001")):
+        if col in pat:
+            day = pd.to_datetime(pat[col])
+            has = day.notna().to_numpy()
+            obs.append(pd.DataFrame({
+                "person_id": person_id[has], "observation_concept_id": c[code],
+                "observation_date": day[has].to_numpy(), "value_as_string": None,
+            }))
     observation = pd.concat(obs, ignore_index=True)
     observation.insert(0, "observation_id", np.arange(1, len(observation) + 1))
     observation["observation_type_concept_id"] = TYPE_EHR
