@@ -103,8 +103,11 @@ DEFAULT_CONCEPT_SETS: dict[str, ConceptSet] = {
         _cs("met_brain", ["SNOMED:94225005"], "met_sites brain, brain_mets"),
         _cs("met_lymph", ["SNOMED:94411004"], "met_sites lymph"),
         _cs("met_skin", ["SNOMED:94579000"], "met_sites skin"),
-        _cs("her2", ["LOINC:85319-2", "LOINC:85318-4", "LOINC:18474-7", "LOINC:48676-1"],
-            "her2_status (IHC and ISH results)"),
+        _cs(
+            "her2",
+            ["LOINC:85319-2", "LOINC:85318-4", "LOINC:18474-7", "LOINC:48676-1"],
+            "her2_status (IHC and ISH results)",
+        ),
         _cs("er", ["LOINC:85337-4", "LOINC:16112-5"], "er_status"),
         _cs("pr", ["LOINC:85339-0", "LOINC:16113-3"], "pr_status"),
         _cs("ecog", ["LOINC:89247-1"], "ecog"),
@@ -121,8 +124,11 @@ DEFAULT_CONCEPT_SETS: dict[str, ConceptSet] = {
         _cs("hospice", ["SNOMED:385763009"], "care_events hospice"),
         _cs("transfer_out", ["SNOMED:399307001"], "care_events transfer_out"),
         _cs("treatment_regimen", [32531], "line_number (EPISODE, where present)", False),
-        _cs("antineoplastic", ["ATC:L01", "ATC:L02"],
-            "drugs that must map to the her2fed vocabulary (else: unmapped error)"),
+        _cs(
+            "antineoplastic",
+            ["ATC:L01", "ATC:L02"],
+            "drugs that must map to the her2fed vocabulary (else: unmapped error)",
+        ),
         _cs("ignore_drugs", [], "drug concepts acknowledged as not line-defining (not read)"),
     )
 }
@@ -193,7 +199,9 @@ def parse_db_registry(spec: Mapping[str, Any], where: str, base: Path) -> OmopSo
         unknown = sorted(set(queries) - set(REGISTRY_QUERY_TABLES))
         if unknown:
             raise SpecError(
-                f"{where}.queries", f"unknown table(s) {unknown}", f"use {list(REGISTRY_QUERY_TABLES)}"
+                f"{where}.queries",
+                f"unknown table(s) {unknown}",
+                f"use {list(REGISTRY_QUERY_TABLES)}",
             )
         for table, sql in queries.items():
             if not isinstance(sql, str) or not sql.strip():
@@ -294,7 +302,9 @@ class _Reader:
 
         stmt = self.sql.SQL(text).format(cdm=self.cdm, voc=self.voc)
         try:
-            return stream_frame(self.db, stmt.as_string(self.db), params, self.src.connection.fetch_rows)
+            return stream_frame(
+                self.db, stmt.as_string(self.db), params, self.src.connection.fetch_rows
+            )
         except psycopg.Error as err:
             raise query_error(
                 self.src.connection,
@@ -308,7 +318,10 @@ class _Reader:
 
     def check_tables(self) -> bool:
         conn = self.src.connection
-        schemas = {"OMOP": self.src.schema, "vocabulary": self.src.vocabulary_schema or self.src.schema}
+        schemas = {
+            "OMOP": self.src.schema,
+            "vocabulary": self.src.vocabulary_schema or self.src.schema,
+        }
         for role, schema in schemas.items():
             assert schema is not None
             if not schema_exists(self.db, schema):
@@ -337,7 +350,8 @@ class _Reader:
                     f"OMOP table(s) {[t.upper() for t in missing]} missing from schema "
                     f"{schema!r} of {conn.shown}",
                     "load them (empty tables are fine for DEATH and OBSERVATION), grant SELECT on "
-                    f"them to the site agent's user, or correct omop_schema/vocabulary_schema ({DOC})",
+                    f"them to the site agent's user, or correct omop_schema/vocabulary_schema "
+                    f"({DOC})",
                 )
         return all(t in have for t in EPISODE_TABLES)
 
@@ -379,7 +393,8 @@ class _Reader:
             roots[name] = ids_of(entries)
         need_desc = sorted({i for n, (_, d) in named.items() if d for i in roots[n]})
         desc = self.q(
-            "SELECT ancestor_concept_id AS a, descendant_concept_id AS d FROM {voc}.concept_ancestor "
+            "SELECT ancestor_concept_id AS a, descendant_concept_id AS d "
+            "FROM {voc}.concept_ancestor "
             "WHERE ancestor_concept_id = ANY(%(ids)s)",
             ids=need_desc,
         )
@@ -440,8 +455,7 @@ class _Reader:
             entry=self._entry(),
         )
         cond = self.q(
-            self._COHORT
-            + "SELECT co.person_id, co.condition_concept_id AS concept, "
+            self._COHORT + "SELECT co.person_id, co.condition_concept_id AS concept, "
             "co.condition_start_date AS day FROM {cdm}.condition_occurrence co "
             "JOIN cohort c ON c.person_id = co.person_id "
             "WHERE co.condition_concept_id = ANY(%(entry)s)",
@@ -461,9 +475,10 @@ class _Reader:
         out = pd.DataFrame({"patient_id": pid.astype(str)})
         out["birth_year"] = person["year_of_birth"]
         gender = person["gender_concept_id"]
-        out["sex"] = np.where(
-            gender.isin(self.ids["female"]), "F", np.where(gender.isin(self.ids["male"]), "M", None)
-        )
+        sex = pd.Series(np.full(len(person), None, dtype=object))
+        sex[gender.isin(self.ids["male"]).to_numpy()] = "M"
+        sex[gender.isin(self.ids["female"]).to_numpy()] = "F"
+        out["sex"] = sex
         cond["day"] = pd.to_datetime(cond["day"])
         idx = pd.Index(pid)
 
@@ -532,7 +547,7 @@ class _Reader:
         order = {s: i for i, s in enumerate([*MET_SITE_SETS, "other"])}
         joined: dict[int, str] = {}
         for person, sites in c.groupby("person_id")["site"]:
-            joined[int(person)] = ";".join(sorted(set(sites), key=order.__getitem__))
+            joined[int(str(person))] = ";".join(sorted(set(sites), key=order.__getitem__))
         return [joined.get(int(p)) for p in idx]
 
     def observations(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -582,7 +597,8 @@ class _Reader:
         anc = self.q(
             "SELECT ca.descendant_concept_id AS drug, c.concept_id AS ing, c.concept_name AS name "
             "FROM {voc}.concept_ancestor ca JOIN {voc}.concept c "
-            "ON c.concept_id = ca.ancestor_concept_id WHERE ca.descendant_concept_id = ANY(%(ids)s) "
+            "ON c.concept_id = ca.ancestor_concept_id "
+            "WHERE ca.descendant_concept_id = ANY(%(ids)s) "
             "AND c.concept_class_id = 'Ingredient' AND c.vocabulary_id = ANY(%(vocabs)s)",
             ids=concepts,
             vocabs=list(INGREDIENT_VOCABULARIES),
@@ -617,10 +633,13 @@ class _Reader:
         n_by = dict(zip(counts["concept"].astype(int), counts["n"].astype(int), strict=True))
         if unmapped:
             named = self.q(
-                "SELECT concept_id, concept_name FROM {voc}.concept WHERE concept_id = ANY(%(ids)s)",
+                "SELECT concept_id, concept_name FROM {voc}.concept "
+                "WHERE concept_id = ANY(%(ids)s)",
                 ids=unmapped,
             )
-            names.update(dict(zip(named["concept_id"].astype(int), named["concept_name"], strict=True)))
+            names.update(
+                dict(zip(named["concept_id"].astype(int), named["concept_name"], strict=True))
+            )
             listed = ", ".join(
                 f"{c} {names.get(c) or '(no CONCEPT row)'!r}: {n_by[c]} exposure(s)"
                 for c in sorted(unmapped, key=lambda c: -n_by[c])[:10]
@@ -642,7 +661,8 @@ class _Reader:
         ep_join = ""
         if episodes:
             ep_join = (
-                "LEFT JOIN (SELECT ee.event_id, MIN(e.episode_number) AS line FROM {cdm}.episode_event ee "
+                "LEFT JOIN (SELECT ee.event_id, MIN(e.episode_number) AS line "
+                "FROM {cdm}.episode_event ee "
                 "JOIN {cdm}.episode e ON e.episode_id = ee.episode_id "
                 "WHERE e.episode_concept_id = ANY(%(regimen)s) "
                 f"AND ee.episode_event_field_concept_id = {DRUG_EXPOSURE_FIELD} "

@@ -56,8 +56,7 @@ DDL: dict[str, str] = {
     "observation_period": "observation_period_id integer PRIMARY KEY, "
     "person_id integer NOT NULL, observation_period_start_date date NOT NULL, "
     "observation_period_end_date date NOT NULL, period_type_concept_id integer NOT NULL",
-    "death": "person_id integer NOT NULL, death_date date NOT NULL, "
-    "death_type_concept_id integer",
+    "death": "person_id integer NOT NULL, death_date date NOT NULL, death_type_concept_id integer",
     "condition_occurrence": "condition_occurrence_id integer PRIMARY KEY, "
     "person_id integer NOT NULL, condition_concept_id integer NOT NULL, "
     "condition_start_date date NOT NULL, condition_type_concept_id integer NOT NULL, "
@@ -98,22 +97,40 @@ CODE_NAMES: dict[str, tuple[str, str, str]] = {
     "SNOMED:94391008": ("Secondary malignant neoplasm of lung", "Condition", "Clinical Finding"),
     "SNOMED:94381002": ("Secondary malignant neoplasm of liver", "Condition", "Clinical Finding"),
     "SNOMED:94225005": ("Secondary malignant neoplasm of brain", "Condition", "Clinical Finding"),
-    "SNOMED:94411004": ("Secondary malignant neoplasm of lymph node", "Condition",
-                        "Clinical Finding"),
+    "SNOMED:94411004": (
+        "Secondary malignant neoplasm of lymph node",
+        "Condition",
+        "Clinical Finding",
+    ),
     "SNOMED:94579000": ("Secondary malignant neoplasm of skin", "Condition", "Clinical Finding"),
-    "LOINC:85319-2": ("HER2 [Presence] in Breast cancer specimen by Immune stain", "Measurement",
-                      "Lab Test"),
-    "LOINC:85318-4": ("HER2 [Presence] in Breast cancer specimen by FISH", "Measurement",
-                      "Lab Test"),
+    "LOINC:85319-2": (
+        "HER2 [Presence] in Breast cancer specimen by Immune stain",
+        "Measurement",
+        "Lab Test",
+    ),
+    "LOINC:85318-4": (
+        "HER2 [Presence] in Breast cancer specimen by FISH",
+        "Measurement",
+        "Lab Test",
+    ),
     "LOINC:18474-7": ("HER2 Ag [Presence] in Tissue by Immune stain", "Measurement", "Lab Test"),
     "LOINC:48676-1": ("HER2 [Interpretation] in Tissue", "Measurement", "Lab Test"),
-    "LOINC:85337-4": ("Estrogen receptor Ag [Presence] in Breast cancer specimen by Immune stain",
-                      "Measurement", "Lab Test"),
+    "LOINC:85337-4": (
+        "Estrogen receptor Ag [Presence] in Breast cancer specimen by Immune stain",
+        "Measurement",
+        "Lab Test",
+    ),
     "LOINC:16112-5": ("Estrogen receptor [Interpretation] in Tissue", "Measurement", "Lab Test"),
-    "LOINC:85339-0": ("Progesterone receptor Ag [Presence] in Breast cancer specimen by Immune "
-                      "stain", "Measurement", "Lab Test"),
-    "LOINC:16113-3": ("Progesterone receptor [Interpretation] in Tissue", "Measurement",
-                      "Lab Test"),
+    "LOINC:85339-0": (
+        "Progesterone receptor Ag [Presence] in Breast cancer specimen by Immune stain",
+        "Measurement",
+        "Lab Test",
+    ),
+    "LOINC:16113-3": (
+        "Progesterone receptor [Interpretation] in Tissue",
+        "Measurement",
+        "Lab Test",
+    ),
     "LOINC:89247-1": ("ECOG Performance Status score", "Measurement", "Survey"),
     "LOINC:LA6576-8": ("Positive", "Meas Value", "Answer"),
     "LOINC:LA6577-6": ("Negative", "Meas Value", "Answer"),
@@ -195,8 +212,9 @@ def vocabulary() -> Vocabulary:
     for value in sorted(values):
         parts = drugs.split_ingredients(value)
         label = " / ".join(parts) + " product (synthetic)"
-        pid = add(f"RxNorm:her2fed-product-{drugs.normalise(value)}", label, "Drug",
-                  "Clinical Drug Form")
+        pid = add(
+            f"RxNorm:her2fed-product-{drugs.normalise(value)}", label, "Drug", "Clinical Drug Form"
+        )
         product[value] = pid
         for part in parts:
             ing = ingredient_id[part]
@@ -248,8 +266,9 @@ def to_omop(frames: Mapping[str, pd.DataFrame], vocab: Vocabulary) -> dict[str, 
     person = pd.DataFrame(
         {
             "person_id": person_id,
-            "gender_concept_id": np.where(sex == "F", c["Gender:F"],
-                                          np.where(sex == "M", c["Gender:M"], 0)),
+            "gender_concept_id": np.where(
+                sex == "F", c["Gender:F"], np.where(sex == "M", c["Gender:M"], 0)
+            ),
             "year_of_birth": pat["birth_year"].astype(np.int64),
             "race_concept_id": 0,
             "ethnicity_concept_id": 0,
@@ -279,8 +298,15 @@ def to_omop(frames: Mapping[str, pd.DataFrame], vocab: Vocabulary) -> dict[str, 
 
     def conditions(mask: Any, concept: int, day: pd.Series) -> None:
         m = np.asarray(mask, dtype=bool)
-        cond.append(pd.DataFrame({"person_id": person_id[m], "condition_concept_id": concept,
-                                  "condition_start_date": day[m].to_numpy()}))
+        cond.append(
+            pd.DataFrame(
+                {
+                    "person_id": person_id[m],
+                    "condition_concept_id": concept,
+                    "condition_start_date": day[m].to_numpy(),
+                }
+            )
+        )
 
     de_novo = pat["de_novo"].astype(str).str.lower() == "true"
     breast_day = initial.where(initial.notna(), met.where(de_novo))
@@ -288,13 +314,16 @@ def to_omop(frames: Mapping[str, pd.DataFrame], vocab: Vocabulary) -> dict[str, 
     conditions(met.notna(), c["SNOMED:128462008"], met)
     sites = pat["met_sites"].fillna("").astype(str).str.lower()
     for label, set_name in [*MET_SITE_SETS.items(), ("other", "")]:
-        concept = (c[f"{MET_OTHER[0]}:{MET_OTHER[1]}"] if label == "other"
-                   else c[str(DEFAULT_CONCEPT_SETS[set_name].entries[0])])
+        concept = (
+            c[f"{MET_OTHER[0]}:{MET_OTHER[1]}"]
+            if label == "other"
+            else c[str(DEFAULT_CONCEPT_SETS[set_name].entries[0])]
+        )
         has = sites.str.split(";").map(lambda parts, lb=label: lb in parts)
         conditions(has & met.notna(), concept, met)
-    brain_later = (pat["brain_mets"].astype(str).str.lower() == "true") & ~sites.str.split(
-        ";"
-    ).map(lambda parts: "brain" in parts)
+    brain_later = (pat["brain_mets"].astype(str).str.lower() == "true") & ~sites.str.split(";").map(
+        lambda parts: "brain" in parts
+    )
     later = met + pd.Timedelta(days=MET_SITES_WINDOW_DAYS + 1)
     conditions(brain_later & met.notna(), c["SNOMED:94225005"], later)
     condition = pd.concat(cond, ignore_index=True)
@@ -306,12 +335,17 @@ def to_omop(frames: Mapping[str, pd.DataFrame], vocab: Vocabulary) -> dict[str, 
 
     def measure(mask: Any, concept: int, number: Any, value: Any) -> None:
         m = np.asarray(mask, dtype=bool) & met.notna().to_numpy()
-        meas.append(pd.DataFrame({
-            "person_id": person_id[m], "measurement_concept_id": concept,
-            "measurement_date": met[m].to_numpy(),
-            "value_as_number": np.broadcast_to(np.asarray(number, dtype=object), n)[m],
-            "value_as_concept_id": np.broadcast_to(np.asarray(value, dtype=object), n)[m],
-        }))
+        meas.append(
+            pd.DataFrame(
+                {
+                    "person_id": person_id[m],
+                    "measurement_concept_id": concept,
+                    "measurement_date": met[m].to_numpy(),
+                    "value_as_number": np.broadcast_to(np.asarray(number, dtype=object), n)[m],
+                    "value_as_concept_id": np.broadcast_to(np.asarray(value, dtype=object), n)[m],
+                }
+            )
+        )
 
     pos, neg = c["LOINC:LA6576-8"], c["LOINC:LA6577-6"]
     her2 = pat["her2_status"].astype(str).str.upper()
@@ -333,41 +367,62 @@ def to_omop(frames: Mapping[str, pd.DataFrame], vocab: Vocabulary) -> dict[str, 
     obs: list[pd.DataFrame] = []
     prog = frames["progressions"]
     keep = prog["patient_id"].astype(str).isin(pid_of)
-    obs.append(pd.DataFrame({
-        "person_id": prog["patient_id"][keep].astype(str).map(pid_of).to_numpy(),
-        "observation_concept_id": c["SNOMED:444391001"],
-        "observation_date": pd.to_datetime(prog["progression_date"][keep]).to_numpy(),
-        "value_as_string": prog["evidence"][keep].to_numpy() if "evidence" in prog else None,
-    }))
+    obs.append(
+        pd.DataFrame(
+            {
+                "person_id": prog["patient_id"][keep].astype(str).map(pid_of).to_numpy(),
+                "observation_concept_id": c["SNOMED:444391001"],
+                "observation_date": pd.to_datetime(prog["progression_date"][keep]).to_numpy(),
+                "value_as_string": prog["evidence"][keep].to_numpy()
+                if "evidence" in prog
+                else None,
+            }
+        )
+    )
     care = frames.get("care_events")
-    care_codes = {"palliative_care": "SNOMED:103735009", "hospice": "SNOMED:385763009",
-                  "transfer_out": "SNOMED:399307001"}
+    care_codes = {
+        "palliative_care": "SNOMED:103735009",
+        "hospice": "SNOMED:385763009",
+        "transfer_out": "SNOMED:399307001",
+    }
     if care is not None and len(care):
         ev = care["event"].astype(str).str.lower()
         keep = care["patient_id"].astype(str).isin(pid_of) & ev.isin(care_codes)
-        obs.append(pd.DataFrame({
-            "person_id": care["patient_id"][keep].astype(str).map(pid_of).to_numpy(),
-            "observation_concept_id": ev[keep].map(lambda e: c[care_codes[e]]).to_numpy(),
-            "observation_date": pd.to_datetime(care["event_date"][keep]).to_numpy(),
-            "value_as_string": None,
-        }))
+        obs.append(
+            pd.DataFrame(
+                {
+                    "person_id": care["patient_id"][keep].astype(str).map(pid_of).to_numpy(),
+                    "observation_concept_id": ev[keep].map(lambda e: c[care_codes[e]]).to_numpy(),
+                    "observation_date": pd.to_datetime(care["event_date"][keep]).to_numpy(),
+                    "value_as_string": None,
+                }
+            )
+        )
     # patient-level dates are care events too (her2fed takes the latest of both)
-    for col, code in (("palliative_care_date", "SNOMED:103735009"),
-                      ("transfer_out_date", "SNOMED:399307001")):
+    for col, code in (
+        ("palliative_care_date", "SNOMED:103735009"),
+        ("transfer_out_date", "SNOMED:399307001"),
+    ):
         if col in pat:
             day = pd.to_datetime(pat[col])
-            has = day.notna().to_numpy()
-            obs.append(pd.DataFrame({
-                "person_id": person_id[has], "observation_concept_id": c[code],
-                "observation_date": day[has].to_numpy(), "value_as_string": None,
-            }))
+            present = day.notna().to_numpy()
+            obs.append(
+                pd.DataFrame(
+                    {
+                        "person_id": person_id[present],
+                        "observation_concept_id": c[code],
+                        "observation_date": day[present].to_numpy(),
+                        "value_as_string": None,
+                    }
+                )
+            )
     observation = pd.concat(obs, ignore_index=True)
     observation.insert(0, "observation_id", np.arange(1, len(observation) + 1))
     observation["observation_type_concept_id"] = TYPE_EHR
 
     t = frames["treatments"]
     t = t[t["patient_id"].astype(str).isin(pid_of)].reset_index(drop=True)
-    mapped, _ = drugs.map_drugs(t["drug"], t["atc"] if "atc" in t else None)
+    mapped, _ = drugs.map_drugs(t["drug"], t.get("atc"))
     concept_ids = np.array([vocab.product.get(m, 0) if m else 0 for m in mapped], dtype=np.int64)
     t_start = pd.to_datetime(t["start_date"])
     supply = pd.to_numeric(t["days_supply"], errors="coerce") if "days_supply" in t else None
@@ -376,49 +431,69 @@ def to_omop(frames: Mapping[str, pd.DataFrame], vocab: Vocabulary) -> dict[str, 
     if supply is not None:
         has = supply.notna()
         derived_end[has] = t_start[has] + pd.to_timedelta(np.ceil(supply[has]) - 1, unit="D")
-    route_codes = {"iv": "SNOMED:47625008", "oral": "SNOMED:26643006", "sc": "SNOMED:34206005",
-                   "im": "SNOMED:78421000"}
+    route_codes = {
+        "iv": "SNOMED:47625008",
+        "oral": "SNOMED:26643006",
+        "sc": "SNOMED:34206005",
+        "im": "SNOMED:78421000",
+    }
     route = t["route"].astype(str).str.lower() if "route" in t else pd.Series("", index=t.index)
-    drug = pd.DataFrame({
-        "drug_exposure_id": np.arange(1, len(t) + 1, dtype=np.int64),
-        "person_id": t["patient_id"].astype(str).map(pid_of).to_numpy(),
-        "drug_concept_id": concept_ids,
-        "drug_exposure_start_date": t_start,
-        "drug_exposure_end_date": end.where(end.notna(), derived_end),
-        "verbatim_end_date": end,
-        "drug_type_concept_id": TYPE_EHR,
-        "stop_reason": t["stop_reason"] if "stop_reason" in t else None,
-        "days_supply": supply.astype("Int64") if supply is not None else None,
-        "route_concept_id": route.map(lambda r: c[route_codes[r]] if r in route_codes else 0),
-        "drug_source_value": t["drug"].astype(str).str.slice(0, 50),
-        "route_source_value": t["route"] if "route" in t else None,
-    })
+    drug = pd.DataFrame(
+        {
+            "drug_exposure_id": np.arange(1, len(t) + 1, dtype=np.int64),
+            "person_id": t["patient_id"].astype(str).map(pid_of).to_numpy(),
+            "drug_concept_id": concept_ids,
+            "drug_exposure_start_date": t_start,
+            "drug_exposure_end_date": end.where(end.notna(), derived_end),
+            "verbatim_end_date": end,
+            "drug_type_concept_id": TYPE_EHR,
+            "stop_reason": t.get("stop_reason"),
+            "days_supply": supply.astype("Int64") if supply is not None else None,
+            "route_concept_id": route.map(lambda r: c[route_codes[r]] if r in route_codes else 0),
+            "drug_source_value": t["drug"].astype(str).str.slice(0, 50),
+            "route_source_value": t.get("route"),
+        }
+    )
     episode = pd.DataFrame(columns=["episode_id"])
     event = pd.DataFrame(columns=["episode_id"])
     if "line_number" in t and t["line_number"].notna().any():
-        lines = pd.DataFrame({
-            "person_id": drug["person_id"], "line": pd.to_numeric(t["line_number"]),
-            "start": t_start, "end": drug["drug_exposure_end_date"],
-            "event_id": drug["drug_exposure_id"],
-        }).dropna(subset=["line"])
+        lines = pd.DataFrame(
+            {
+                "person_id": drug["person_id"],
+                "line": pd.to_numeric(t["line_number"]),
+                "start": t_start,
+                "end": drug["drug_exposure_end_date"],
+                "event_id": drug["drug_exposure_id"],
+            }
+        ).dropna(subset=["line"])
         lines["line"] = lines["line"].astype(np.int64)
-        ep = lines.groupby(["person_id", "line"], sort=True).agg(
-            episode_start_date=("start", "min"), episode_end_date=("end", "max")
-        ).reset_index()
+        ep = (
+            lines.groupby(["person_id", "line"], sort=True)
+            .agg(episode_start_date=("start", "min"), episode_end_date=("end", "max"))
+            .reset_index()
+        )
         ep.insert(0, "episode_id", np.arange(1, len(ep) + 1, dtype=np.int64))
-        episode = pd.DataFrame({
-            "episode_id": ep["episode_id"], "person_id": ep["person_id"],
-            "episode_concept_id": TREATMENT_REGIMEN,
-            "episode_start_date": ep["episode_start_date"],
-            "episode_end_date": ep["episode_end_date"], "episode_parent_id": None,
-            "episode_number": ep["line"], "episode_object_concept_id": 0,
-            "episode_type_concept_id": TYPE_EHR,
-        })
+        episode = pd.DataFrame(
+            {
+                "episode_id": ep["episode_id"],
+                "person_id": ep["person_id"],
+                "episode_concept_id": TREATMENT_REGIMEN,
+                "episode_start_date": ep["episode_start_date"],
+                "episode_end_date": ep["episode_end_date"],
+                "episode_parent_id": None,
+                "episode_number": ep["line"],
+                "episode_object_concept_id": 0,
+                "episode_type_concept_id": TYPE_EHR,
+            }
+        )
         key = lines.merge(ep[["episode_id", "person_id", "line"]], on=["person_id", "line"])
-        event = pd.DataFrame({
-            "episode_id": key["episode_id"], "event_id": key["event_id"],
-            "episode_event_field_concept_id": DRUG_EXPOSURE_FIELD,
-        })
+        event = pd.DataFrame(
+            {
+                "episode_id": key["episode_id"],
+                "event_id": key["event_id"],
+                "episode_event_field_concept_id": DRUG_EXPOSURE_FIELD,
+            }
+        )
     return {
         "person": person,
         "observation_period": period,

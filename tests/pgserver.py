@@ -26,7 +26,11 @@ ADMIN_PASSWORD = "admin-secret-for-tests-only"
 READER = "her2fed_reader"
 READER_PASSWORD = "Reader-Pw-7f3a9c"  # distinctive, so tests can grep output for it
 DATABASE = "her2fed"
-BIN_DIRS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
+BIN_DIRS = (
+    "/usr/lib/postgresql/17/bin",
+    "/usr/lib/postgresql/16/bin",
+    "/usr/lib/postgresql/15/bin",
+)
 
 
 @dataclass(frozen=True)
@@ -103,17 +107,28 @@ def postgres_server() -> Iterator[PgServer]:
     )
     port = _free_port()
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    _run([str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", f"{root}/log", "-w", "start"],
-         as_user)
+    _run(
+        [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", f"{root}/log", "-w", "start"],
+        as_user,
+    )
     server = PgServer("127.0.0.1", port, data)
     try:
         _setup_roles(server)
         yield server
     finally:
         subprocess.run(
-            [*(["runuser", "-u", as_user, "--"] if as_user else []),
-             str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-            capture_output=True, check=False,
+            [
+                *(["runuser", "-u", as_user, "--"] if as_user else []),
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+            check=False,
         )
         shutil.rmtree(root, ignore_errors=True)
 
@@ -127,8 +142,9 @@ def admin_connect(server: PgServer, database: str = DATABASE) -> object:
 def _setup_roles(server: PgServer) -> None:
     import psycopg
 
-    with psycopg.connect(server.url(ADMIN, "postgres"), password=ADMIN_PASSWORD,
-                         autocommit=True) as db:
+    with psycopg.connect(
+        server.url(ADMIN, "postgres"), password=ADMIN_PASSWORD, autocommit=True
+    ) as db:
         db.execute(f"CREATE DATABASE {DATABASE}")
         db.execute(f"CREATE ROLE {READER} LOGIN PASSWORD '{READER_PASSWORD}'")
     with psycopg.connect(server.url(ADMIN), password=ADMIN_PASSWORD, autocommit=True) as db:

@@ -71,8 +71,9 @@ def synth_sites(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> dict[
     os.environ[ENV] = ADMIN_PASSWORD  # synth writes as the admin; sites read as the reader
     try:
         assert run("synth", "--out", str(base / "files"), "--sites", SITES)[0] == 0
-        code, _, err = run("synth", "--out", str(base / "db"), "--sites", SITES,
-                           "--to", pg.url(ADMIN))
+        code, _, err = run(
+            "synth", "--out", str(base / "db"), "--sites", SITES, "--to", pg.url(ADMIN)
+        )
         assert code == 0, err
     finally:
         os.environ.pop(ENV)
@@ -88,7 +89,9 @@ def synth_sites(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 def _site_args(root: Path) -> list[str]:
-    return [a for s in ("athens", "oslo", "munich") for a in ("--site", f"{s}={root / s / 'site.toml'}")]
+    return [
+        a for s in ("athens", "oslo", "munich") for a in ("--site", f"{s}={root / s / 'site.toml'}")
+    ]
 
 
 def test_study_results_from_database_equal_those_from_files(
@@ -96,8 +99,15 @@ def test_study_results_from_database_equal_those_from_files(
 ) -> None:
     results: dict[str, Any] = {}
     for kind, root in synth_sites.items():
-        code, _, err = run("local", str(STUDY), *_site_args(root), "--out", str(tmp_path / kind),
-                           "--transport", "inprocess")
+        code, _, err = run(
+            "local",
+            str(STUDY),
+            *_site_args(root),
+            "--out",
+            str(tmp_path / kind),
+            "--transport",
+            "inprocess",
+        )
         assert code == 0, err
         assert READER_PASSWORD not in err
         results[kind] = json.loads((tmp_path / kind / "results.json").read_text())
@@ -115,8 +125,10 @@ def _frames(site: Path) -> Registry:
 def test_omop_registry_equals_the_file_registry(synth_sites: dict[str, Path]) -> None:
     """Column by column; the differences are the documented ones of docs/omop.md."""
     files = load_registry(
-        {t: synth_sites["files"] / "oslo" / f"{t}.csv" for t in
-         ("patients", "treatments", "progressions", "care_events")}
+        {
+            t: synth_sites["files"] / "oslo" / f"{t}.csv"
+            for t in ("patients", "treatments", "progressions", "care_events")
+        }
     )
     db = _frames(synth_sites["db"] / "oslo")
     for table in ("patients", "treatments", "progressions"):
@@ -124,13 +136,17 @@ def test_omop_registry_equals_the_file_registry(synth_sites: dict[str, Path]) ->
         b = getattr(files, table).reset_index(drop=True)
         assert a.shape == b.shape, table
         for col in b.columns:
-            if (table, col) in {("patients", "palliative_care_date"),
-                                ("patients", "transfer_out_date")}:
+            if (table, col) in {
+                ("patients", "palliative_care_date"),
+                ("patients", "transfer_out_date"),
+            }:
                 assert a[col].isna().all()  # read as care events (see below)
                 continue
             if col == "patient_id":  # OMOP person_id, not the source pseudonym
-                assert (a[col].map(pd.unique(a[col]).tolist().index)
-                        == b[col].map(pd.unique(b[col]).tolist().index)).all()
+                assert (
+                    a[col].map(pd.unique(a[col]).tolist().index)
+                    == b[col].map(pd.unique(b[col]).tolist().index)
+                ).all()
                 continue
             if (table, col) in {("treatments", "drug"), ("treatments", "atc")}:
                 continue  # standard ingredient instead of the pharmacy's text
@@ -145,11 +161,20 @@ def test_omop_registry_equals_the_file_registry(synth_sites: dict[str, Path]) ->
     p = files.patients
     ids = dict(zip(p["patient_id"], db.patients["patient_id"], strict=True))
     expected = [files.care_events.assign(patient_id=files.care_events["patient_id"].map(ids))]
-    for col, event in (("palliative_care_date", "palliative_care"),
-                       ("transfer_out_date", "transfer_out")):
+    for col, event in (
+        ("palliative_care_date", "palliative_care"),
+        ("transfer_out_date", "transfer_out"),
+    ):
         has = p[col].notna()
-        expected.append(pd.DataFrame({"patient_id": p["patient_id"][has].map(ids),
-                                      "event": event, "event_date": p[col][has]}))
+        expected.append(
+            pd.DataFrame(
+                {
+                    "patient_id": p["patient_id"][has].map(ids),
+                    "event": event,
+                    "event_date": p[col][has],
+                }
+            )
+        )
     want = pd.concat(expected).astype(str).sort_values(["patient_id", "event", "event_date"])
     got = db.care_events.astype(str).sort_values(["patient_id", "event", "event_date"])
     assert want.to_numpy().tolist() == got.to_numpy().tolist()
@@ -158,8 +183,9 @@ def test_omop_registry_equals_the_file_registry(synth_sites: dict[str, Path]) ->
 
 
 def test_site_check_reads_the_database(synth_sites: dict[str, Path]) -> None:
-    code, out, err = run("site", "check", str(synth_sites["db"] / "athens" / "site.toml"),
-                         "--study", str(STUDY))
+    code, out, err = run(
+        "site", "check", str(synth_sites["db"] / "athens" / "site.toml"), "--study", str(STUDY)
+    )
     assert code == 0, out + err
     assert "OMOP mapping her2fed-omop-1.0.0" in out
     assert "lines of therapy" in out and "check passed" in out
@@ -208,16 +234,23 @@ def test_unreachable_server(pg: PgServer, tmp_path: Path) -> None:
 
 def test_bad_credentials(pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, "wrong-" + READER_PASSWORD)
-    err = _fails(_db_site(tmp_path, pg.url(), "athens"), "password authentication failed",
-                 "$HER2FED_DB_PASSWORD")
+    err = _fails(
+        _db_site(tmp_path, pg.url(), "athens"),
+        "password authentication failed",
+        "$HER2FED_DB_PASSWORD",
+    )
     assert "wrong-" not in err
 
 
 def test_wrong_schema_names_the_schemas_that_exist(
     pg: PgServer, synth_sites: dict[str, Path], tmp_path: Path
 ) -> None:
-    _fails(_db_site(tmp_path, pg.url(), "athen"), "schema 'athen' does not exist", "'athens'",
-           "omop_schema")
+    _fails(
+        _db_site(tmp_path, pg.url(), "athen"),
+        "schema 'athen' does not exist",
+        "'athens'",
+        "omop_schema",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +270,8 @@ def broken(pg: PgServer) -> Iterator[None]:
         db.execute(
             "INSERT INTO unmapped.drug_exposure (drug_exposure_id, person_id, drug_concept_id, "
             "drug_exposure_start_date, drug_exposure_end_date, drug_type_concept_id) "
-            "SELECT 1000000 + person_id, person_id, %s, DATE '2020-01-01', DATE '2020-01-01', 32817 "
+            "SELECT 1000000 + person_id, person_id, %s, DATE '2020-01-01', DATE '2020-01-01', "
+            "32817 "
             "FROM unmapped.person WHERE person_id <= 3",
             (product,),
         )
@@ -245,27 +279,36 @@ def broken(pg: PgServer) -> Iterator[None]:
 
 
 def test_missing_table(pg: PgServer, broken: None, tmp_path: Path) -> None:
-    _fails(_db_site(tmp_path, pg.url(), "no_measurement"), "['MEASUREMENT'] missing",
-           "grant SELECT")
+    _fails(
+        _db_site(tmp_path, pg.url(), "no_measurement"), "['MEASUREMENT'] missing", "grant SELECT"
+    )
 
 
 def test_unmapped_drug_concept_is_counted_and_the_override_fixes_it(
     pg: PgServer, broken: None, tmp_path: Path
 ) -> None:
     product = vocabulary().product[EXTRA_ANTINEOPLASTIC[0]]
-    err = _fails(_db_site(tmp_path, pg.url(), "unmapped"), "DRUG_EXPOSURE", f"{product} ",
-                 "3 exposure(s)", "[data.registry.concepts]", "ignore_drugs")
+    err = _fails(
+        _db_site(tmp_path, pg.url(), "unmapped"),
+        "DRUG_EXPOSURE",
+        f"{product} ",
+        "3 exposure(s)",
+        "[data.registry.concepts]",
+        "ignore_drugs",
+    )
     assert "sacituzumab govitecan" in err
-    ok = _db_site(tmp_path, pg.url(), "unmapped",
-                  f"\n[data.registry.concepts]\nignore_drugs = [{product}]\n")
+    ok = _db_site(
+        tmp_path, pg.url(), "unmapped", f"\n[data.registry.concepts]\nignore_drugs = [{product}]\n"
+    )
     code, out, err = run("site", "check", str(ok))
     assert code == 0, out + err
     assert "drug exposures not read" in out
 
 
 def test_missing_her2_concepts(pg: PgServer, synth_sites: dict[str, Path], tmp_path: Path) -> None:
-    toml = _db_site(tmp_path, pg.url(), "athens",
-                    '\n[data.registry.concepts]\nher2 = ["LOINC:00000-0"]\n')
+    toml = _db_site(
+        tmp_path, pg.url(), "athens", '\n[data.registry.concepts]\nher2 = ["LOINC:00000-0"]\n'
+    )
     _fails(toml, "concept set 'her2'", "LOINC:00000-0", "her2_status", "[data.registry.concepts]")
 
 
@@ -312,8 +355,10 @@ def test_registry_and_generic_table_from_queries(
             db.execute(f"CREATE TABLE flat.{table} ({cols})")
             with db.cursor().copy(f"COPY flat.{table} FROM STDIN WITH (FORMAT csv)") as copy:
                 copy.write(frame.to_csv(index=False, header=False))
-            db.execute(f"CREATE VIEW flat.v_{table} AS SELECT *, row_number() OVER () AS k "
-                       f"FROM flat.{table}")
+            db.execute(
+                f"CREATE VIEW flat.v_{table} AS SELECT *, row_number() OVER () AS k "
+                f"FROM flat.{table}"
+            )
         db.execute("GRANT SELECT ON ALL TABLES IN SCHEMA flat TO her2fed_reader")
     queries = "\n".join(
         f'{t} = "SELECT * FROM flat.v_{t} ORDER BY k"'
@@ -328,8 +373,9 @@ def test_registry_and_generic_table_from_queries(
     )
     cfg = load_site(toml)
     db_reg = load_site_registry(cfg)
-    file_reg = load_registry({t: site / f"{t}.csv" for t in
-                              ("patients", "treatments", "progressions", "care_events")})
+    file_reg = load_registry(
+        {t: site / f"{t}.csv" for t in ("patients", "treatments", "progressions", "care_events")}
+    )
     for table in ("patients", "treatments", "progressions", "care_events"):
         a = getattr(db_reg, table).reset_index(drop=True)
         b = getattr(file_reg, table).reset_index(drop=True)
