@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -196,7 +197,9 @@ def read_only_session(conn: DbConnection) -> Iterator[psycopg.Connection[Any]]:
             password=secret,
             connect_timeout=CONNECT_TIMEOUT_S,
             application_name="her2fed-site-agent",
-            options="-c default_transaction_read_only=on",
+            # read-only from the first statement; and plan cursors for reading every row
+            # (the default plans for a fast first few, which is slow for a whole table)
+            options="-c default_transaction_read_only=on -c cursor_tuple_fraction=1",
         )
     except psycopg.OperationalError as err:
         message = _scrub(str(err), secret)
@@ -265,7 +268,13 @@ def stream_frame(
             chunks.append(pd.DataFrame.from_records(rows, columns=columns))
     if not chunks:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+    if len(chunks) == 1:
+        return chunks[0]
+    with warnings.catch_warnings():
+        # A column that is all NULL in one chunk may come out as object instead of a number
+        # type; validation reads every value as text, so both give the same registry.
+        warnings.simplefilter("ignore", FutureWarning)
+        return pd.concat(chunks, ignore_index=True)
 
 
 def table_names(db: psycopg.Connection[Any], schema: str) -> set[str]:
