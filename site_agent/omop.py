@@ -296,6 +296,9 @@ class _Reader:
         self.cdm = sql.Identifier(src.schema)
         self.voc = sql.Identifier(src.vocabulary_schema or src.schema)
         self.ids: dict[str, list[int]] = {}
+        """concept_ids of each set, descendants included where the set says so."""
+        self.roots: dict[str, list[int]] = {}
+        """concept_ids of each set's own entries (the ``metastasis`` root is not a site)."""
 
     def q(self, text: str, **params: Any) -> pd.DataFrame:
         import psycopg

@@ -529,8 +529,13 @@ def load_omop(
     *,
     password_env: str = "HER2FED_DB_PASSWORD",
     vocab: Vocabulary | None = None,
+    reader: str | None = None,
 ) -> dict[str, int]:
-    """(Re)create ``schema`` with the OMOP tables and the generated vocabulary; rows per table."""
+    """(Re)create ``schema`` with the OMOP tables and the generated vocabulary; rows per table.
+
+    ``reader`` (an existing role) is granted USAGE and SELECT only, so a rehearsal
+    reads the way a hospital should: as a role that cannot write.
+    """
     import psycopg
     from psycopg import sql
 
@@ -553,6 +558,12 @@ def load_omop(
                 counts[table] = len(frame)
             for stmt in INDEXES:
                 cur.execute(sql.SQL(stmt.replace("{s}", "{}")).format(ident))
+            if reader is not None:
+                role = sql.Identifier(reader)
+                cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, role))
+                cur.execute(
+                    sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(ident, role)
+                )
             cur.execute(sql.SQL("ANALYZE"))
         db.commit()
     return counts

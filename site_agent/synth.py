@@ -1767,17 +1767,26 @@ def write_db_site(
     frames: Mapping[str, pd.DataFrame],
     url: str,
     schema: str,
+    read_as: str | None = None,
 ) -> Path:
     """Load one site into an OMOP schema of ``url`` and write a site.toml reading it.
 
     The URL must not hold a password (the site.toml gets it as written); the
     password comes from ``HER2FED_DB_PASSWORD`` both here and when the site reads.
+    With ``read_as`` the site.toml names that role instead of the loading user,
+    and the role is granted SELECT on the schema only.
     """
+    from urllib.parse import urlsplit, urlunsplit
+
     from site_agent.omop_load import load_omop
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    load_omop(url, schema, frames)
+    load_omop(url, schema, frames, reader=read_as)
+    if read_as is not None:
+        parts = urlsplit(url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        url = urlunsplit(parts._replace(netloc=f"{read_as}@{host}"))
     registry = [f"url = {_toml_str(url)}", f"omop_schema = {_toml_str(schema)}"]
     return _write_toml(out, site_id, country, registry)
 
@@ -1836,6 +1845,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "database (with a generated vocabulary subset) and write site.toml files that read "
         "it; the password comes from HER2FED_DB_PASSWORD, never from the URL",
     )
+    parser.add_argument(
+        "--read-as",
+        metavar="ROLE",
+        help="with --to: grant this existing role SELECT on the schemas and name it in the "
+        "site.toml files, so sites read as a role that cannot write",
+    )
     args = parser.parse_args(argv)
     try:
         sites = parse_sites(args.sites)
@@ -1859,7 +1874,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed = int(seq.generate_state(1, dtype=np.uint32)[0])
         frames = synthesize(country, n, seed, name)
         if args.to is not None:
-            toml = write_db_site(out / name, name, country, frames, args.to, schema_name(name))
+            toml = write_db_site(
+                out / name, name, country, frames, args.to, schema_name(name), args.read_as
+            )
         else:
             toml = write_site(out / name, name, country, frames, args.format)
         rows = len(frames["treatments"])

@@ -75,14 +75,17 @@ def postgres_server() -> Iterator[PgServer]:
     """Start a private server with an admin and a reader role; always stop it afterwards."""
     bindir = _bin_dir()
     as_user: str | None = None
-    root = tempfile.mkdtemp(prefix="her2fed-pg-")
     if os.getuid() == 0:
         as_user = "postgres"
+        # under /tmp: a TMPDIR below /root would not be reachable for the postgres user
+        root = tempfile.mkdtemp(prefix="her2fed-pg-", dir="/tmp")
         try:
             pw = pwd.getpwnam(as_user)
         except KeyError:
             pytest.fail("running as root needs the 'postgres' user: `make sysdeps` creates it")
         os.chown(root, pw.pw_uid, pw.pw_gid)
+    else:
+        root = tempfile.mkdtemp(prefix="her2fed-pg-")
     data = Path(root) / "data"
     pwfile = Path(root) / "pw"
     pwfile.write_text(ADMIN_PASSWORD + "\n")
@@ -133,12 +136,6 @@ def postgres_server() -> Iterator[PgServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def admin_connect(server: PgServer, database: str = DATABASE) -> object:
-    import psycopg
-
-    return psycopg.connect(server.url(ADMIN, database), password=ADMIN_PASSWORD, autocommit=True)
-
-
 def _setup_roles(server: PgServer) -> None:
     import psycopg
 
@@ -147,7 +144,3 @@ def _setup_roles(server: PgServer) -> None:
     ) as db:
         db.execute(f"CREATE DATABASE {DATABASE}")
         db.execute(f"CREATE ROLE {READER} LOGIN PASSWORD '{READER_PASSWORD}'")
-    with psycopg.connect(server.url(ADMIN), password=ADMIN_PASSWORD, autocommit=True) as db:
-        # the reader may read whatever the admin creates later, and nothing else
-        db.execute(f"ALTER DEFAULT PRIVILEGES GRANT USAGE ON SCHEMAS TO {READER}")
-        db.execute(f"ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO {READER}")

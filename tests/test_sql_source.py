@@ -30,6 +30,7 @@ from site_agent.synth import synthesize
 from tests.pgserver import (
     ADMIN,
     ADMIN_PASSWORD,
+    READER,
     READER_PASSWORD,
     PgServer,
     postgres_server,
@@ -72,19 +73,24 @@ def synth_sites(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> dict[
     try:
         assert run("synth", "--out", str(base / "files"), "--sites", SITES)[0] == 0
         code, _, err = run(
-            "synth", "--out", str(base / "db"), "--sites", SITES, "--to", pg.url(ADMIN)
+            "synth",
+            "--out",
+            str(base / "db"),
+            "--sites",
+            SITES,
+            "--to",
+            pg.url(ADMIN),
+            "--read-as",
+            "her2fed_reader",
         )
         assert code == 0, err
     finally:
         os.environ.pop(ENV)
         if old is not None:
             os.environ[ENV] = old
-    # the generated site.toml names the admin URL; sites read with the read-only role
-    for name in ("athens", "oslo", "munich"):
-        toml = base / "db" / name / "site.toml"
-        text = toml.read_text().replace(f"{ADMIN}@", "her2fed_reader@")
-        assert ADMIN_PASSWORD not in text
-        toml.write_text(text)
+    for name in ("athens", "oslo", "munich"):  # sites read as the SELECT-only role
+        text = (base / "db" / name / "site.toml").read_text()
+        assert "her2fed_reader@" in text and ADMIN not in text and ADMIN_PASSWORD not in text
     return {"files": base / "files", "db": base / "db"}
 
 
@@ -260,8 +266,8 @@ def broken(pg: PgServer) -> Iterator[None]:
     os.environ[ENV] = ADMIN_PASSWORD
     try:
         vocab = vocabulary()
-        load_omop(pg.url(ADMIN), "no_measurement", frames, vocab=vocab)
-        load_omop(pg.url(ADMIN), "unmapped", frames, vocab=vocab)
+        load_omop(pg.url(ADMIN), "no_measurement", frames, vocab=vocab, reader=READER)
+        load_omop(pg.url(ADMIN), "unmapped", frames, vocab=vocab, reader=READER)
     finally:
         os.environ.pop(ENV)
     product = vocab.product[EXTRA_ANTINEOPLASTIC[0]]
@@ -359,6 +365,7 @@ def test_registry_and_generic_table_from_queries(
                 f"CREATE VIEW flat.v_{table} AS SELECT *, row_number() OVER () AS k "
                 f"FROM flat.{table}"
             )
+        db.execute("GRANT USAGE ON SCHEMA flat TO her2fed_reader")
         db.execute("GRANT SELECT ON ALL TABLES IN SCHEMA flat TO her2fed_reader")
     queries = "\n".join(
         f'{t} = "SELECT * FROM flat.v_{t} ORDER BY k"'
