@@ -25,7 +25,7 @@ from site_agent.omop import parse_db_registry, read_omop
 from site_agent.omop_load import load_omop
 from site_agent.registry import Origin, _read, validate_registry
 from site_agent.synth import synthesize, write_site
-from tests.pgserver import ADMIN, ADMIN_PASSWORD, READER_PASSWORD, postgres_server
+from tests.pgserver import ADMIN, ADMIN_PASSWORD, READER, READER_PASSWORD, postgres_server
 
 TABLES = ("patients", "treatments", "progressions", "care_events")
 
@@ -42,7 +42,7 @@ def main() -> int:
         write_site(site, "bench", "NO", frames)
         os.environ["HER2FED_DB_PASSWORD"] = ADMIN_PASSWORD
         began = time.perf_counter()
-        load_omop(server.url(ADMIN), "bench", frames)
+        load_omop(server.url(ADMIN), "bench", frames, reader=READER)
         print(f"synth --to (load OMOP): {time.perf_counter() - began:.1f} s")
         os.environ["HER2FED_DB_PASSWORD"] = READER_PASSWORD
         spec = {"url": server.url(), "omop_schema": "bench", "fetch_rows": args.fetch_rows}

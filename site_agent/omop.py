@@ -351,7 +351,8 @@ class _Reader:
                 raise SourceError(
                     f"{conn.declared_in}: [data.registry]",
                     f"OMOP table(s) {[t.upper() for t in missing]} missing from schema "
-                    f"{schema!r} of {conn.shown}",
+                    f"{schema!r} of {conn.shown} (or not readable by this user: PostgreSQL "
+                    "lists only tables a user has privileges on)",
                     "load them (empty tables are fine for DEATH and OBSERVATION), grant SELECT on "
                     f"them to the site agent's user, or correct omop_schema/vocabulary_schema "
                     f"({DOC})",
