@@ -392,3 +392,35 @@ def test_registry_and_generic_table_from_queries(
         bad = toml.read_text().replace("flat.v_patients", "flat.nope")
         toml.write_text(bad)
         load_site_registry(load_site(toml))
+
+
+def test_status_rules_survive_the_omop_round_trip(pg: PgServer, tmp_path: Path) -> None:
+    """HER2 NEG / UNKNOWN (IHC 1+ / 2+), ER and PR unknown, male patients: as in the files."""
+    frames = synthesize("DE", 60, 5, "mixed")
+    p = frames["patients"]
+    p.loc[0:9, "her2_status"] = "NEG"
+    p.loc[10:19, "her2_status"] = "UNKNOWN"
+    p.loc[20:24, "er_status"] = "UNKNOWN"
+    p.loc[25:29, "pr_status"] = "NEG"
+    p.loc[30:32, "sex"] = "M"
+    os.environ[ENV] = ADMIN_PASSWORD
+    try:
+        load_omop(pg.url(ADMIN), "mixed", frames, reader=READER)
+    finally:
+        os.environ[ENV] = READER_PASSWORD
+    db = load_site_registry(load_site(_db_site(tmp_path, pg.url(), "mixed"))).patients
+    cols = ["sex", "her2_status", "er_status", "pr_status", "ecog", "de_novo", "brain_mets"]
+    na = {"<NA>": "nan", "None": "nan"}
+    want = p[cols].astype(str).replace(na).reset_index(drop=True)
+    got = db[cols].astype(str).replace(na).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    assert (db["her2_status"] == "NEG").sum() == 10 and (db["her2_status"] == "UNKNOWN").sum() == 10
+
+
+def test_a_failing_table_query_stops_site_check(pg: PgServer, tmp_path: Path) -> None:
+    toml = tmp_path / "site.toml"
+    toml.write_text(
+        f'[site]\nid = "g"\ncountry = "GR"\n\n[data.analysis]\nurl = "{pg.url()}"\n'
+        'query = "SELECT * FROM research.nowhere"\n'
+    )
+    _fails(toml, "the query of [data.analysis]", "research.nowhere", "run the query")
