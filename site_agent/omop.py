@@ -17,7 +17,7 @@ so a database and a file holding the same patients give the same registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -300,13 +300,22 @@ class _Reader:
         self.roots: dict[str, list[int]] = {}
         """concept_ids of each set's own entries (the ``metastasis`` root is not a site)."""
 
-    def q(self, text: str, **params: Any) -> pd.DataFrame:
+    def q(
+        self,
+        text: str,
+        transform: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+        **params: Any,
+    ) -> pd.DataFrame:
         import psycopg
 
         stmt = self.sql.SQL(text).format(cdm=self.cdm, voc=self.voc)
         try:
             return stream_frame(
-                self.db, stmt.as_string(self.db), params, self.src.connection.fetch_rows
+                self.db,
+                stmt.as_string(self.db),
+                params,
+                self.src.connection.fetch_rows,
+                transform,
             )
         except psycopg.Error as err:
             raise query_error(
@@ -672,7 +681,29 @@ class _Reader:
                 f"AND ee.episode_event_field_concept_id = {DRUG_EXPOSURE_FIELD} "
                 "GROUP BY ee.event_id) ep ON ep.event_id = de.drug_exposure_id "
             )
-        t = self.q(
+
+        def shape(t: pd.DataFrame) -> pd.DataFrame:
+            concept = t["concept"].astype(np.int64)
+            drug = concept.map(drug_text).astype(object)
+            drug = drug.where(concept != 0, t["source"])
+            route = pd.Series(np.full(len(t), None, dtype=object))
+            for label, set_name in ROUTES.items():
+                route[t["route_concept"].isin(self.ids[set_name]).to_numpy()] = label
+            route = route.where(route.notna(), t["route_source"])
+            return pd.DataFrame(
+                {
+                    "patient_id": t["person_id"].astype(np.int64).astype(str),
+                    "drug": drug,
+                    "route": route,
+                    "start_date": pd.to_datetime(t["start_date"]),
+                    "end_date": pd.to_datetime(t["end_date"]),
+                    "days_supply": t["days_supply"],
+                    "line_number": t["line"],
+                    "stop_reason": t["stop_reason"],
+                }
+            )
+
+        return self.q(
             self._COHORT
             + "SELECT de.person_id, de.drug_concept_id AS concept, de.drug_source_value AS source, "
             "de.route_concept_id AS route_concept, de.route_source_value AS route_source, "
@@ -683,28 +714,10 @@ class _Reader:
             + ep_join
             + "WHERE de.drug_concept_id = ANY(%(drugs)s) OR de.drug_concept_id = 0 "
             "ORDER BY de.drug_exposure_id",
+            shape,
             entry=self._entry(),
             drugs=sorted(drug_text),
             **({"regimen": self.ids["treatment_regimen"]} if episodes else {}),
-        )
-        concept = t["concept"].astype(np.int64)
-        drug = concept.map(drug_text).astype(object)
-        drug = drug.where(concept != 0, t["source"])
-        route = pd.Series(np.full(len(t), None, dtype=object))
-        for label, set_name in ROUTES.items():
-            route[t["route_concept"].isin(self.ids[set_name]).to_numpy()] = label
-        route = route.where(route.notna(), t["route_source"])
-        return pd.DataFrame(
-            {
-                "patient_id": t["person_id"].astype(np.int64).astype(str),
-                "drug": drug,
-                "route": route,
-                "start_date": pd.to_datetime(t["start_date"]),
-                "end_date": pd.to_datetime(t["end_date"]),
-                "days_supply": t["days_supply"],
-                "line_number": t["line"],
-                "stop_reason": t["stop_reason"],
-            }
         )
 
 

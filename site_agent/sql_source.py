@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,12 +248,14 @@ def stream_frame(
     sql: str,
     params: Mapping[str, Any] | Sequence[Any] | None,
     fetch_rows: int,
+    transform: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Run ``sql`` through a server-side cursor and build the frame chunk by chunk.
 
     Each chunk becomes a small DataFrame at once, so the Python tuples of only
-    one chunk exist at a time; the final ``concat`` is the frame the caller
-    keeps anyway.
+    one chunk exist at a time; ``transform`` turns a chunk into the caller's
+    shape right away (so the query's own columns never exist for the whole
+    table); the final ``concat`` is the frame the caller keeps anyway.
     """
     name = f"her2fed_{next(_CURSOR_SEQ)}"
     chunks: list[pd.DataFrame] = []
@@ -265,9 +267,12 @@ def stream_frame(
             rows = cur.fetchmany(fetch_rows)
             if not rows:
                 break
-            chunks.append(pd.DataFrame.from_records(rows, columns=columns))
+            chunk = pd.DataFrame.from_records(rows, columns=columns)
+            del rows
+            chunks.append(transform(chunk) if transform is not None else chunk)
     if not chunks:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+        return transform(empty) if transform is not None else empty
     if len(chunks) == 1:
         return chunks[0]
     with warnings.catch_warnings():
