@@ -1,7 +1,9 @@
 """Site configuration (TOML): who the site is, where its tables are, its policy, its keys.
 
 Paths are relative to the config file, so a site directory can be moved or
-copied whole. Unknown keys are errors: a misspelt policy key must not
+copied whole. A ``[data.NAME]`` table with a ``url`` names a PostgreSQL source
+instead of a file (an OMOP CDM schema or SQL queries; docs/omop.md); its
+password is never part of the config. Unknown keys are errors: a misspelt policy key must not
 silently fall back to a default the privacy officer did not choose.
 
 ``[keys]`` names the files a deployed site needs (``her2fed site start``)::

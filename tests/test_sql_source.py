@@ -424,3 +424,47 @@ def test_a_failing_table_query_stops_site_check(pg: PgServer, tmp_path: Path) ->
         'query = "SELECT * FROM research.nowhere"\n'
     )
     _fails(toml, "the query of [data.analysis]", "research.nowhere", "run the query")
+
+
+@pytest.mark.parametrize(
+    ("registry", "needle"),
+    [
+        ('url = "postgresql://u@h/db"\n', "needs exactly one of omop_schema"),
+        (
+            'url = "postgresql://u@h/db"\nomop_schema = "cdm"\n[data.registry.queries]\n'
+            'patients = "SELECT 1"\n',
+            "needs exactly one of omop_schema",
+        ),
+        ('url = "mysql://u@h/db"\nomop_schema = "cdm"\n', "scheme 'mysql' is not supported"),
+        ('url = "postgresql://u@h/db"\nomop_schema = "cdm"\nfetch_rows = 0\n', "fetch_rows"),
+        ('url = "postgresql://u@h/db?password=x"\nomop_schema = "cdm"\n', "contains a password"),
+        (
+            'url = "postgresql://u@h/db"\nomop_schema = "cdm"\n[data.registry.concepts]\n'
+            'her3 = ["LOINC:1-1"]\n',
+            "is not a concept set her2fed uses",
+        ),
+        (
+            'url = "postgresql://u@h/db"\nomop_schema = "cdm"\n[data.registry.concepts]\n'
+            'her2 = ["85319-2"]\n',
+            '"VOCABULARY:CODE"',
+        ),
+        (
+            'url = "postgresql://u@h/db"\nomop_schema = "cdm"\n[data.registry.concepts]\n'
+            "drugs = { aspirin = [1] }\n",
+            "is not an ingredient of the her2fed drug vocabulary",
+        ),
+        (
+            'url = "postgresql://u@h/db"\n[data.registry.queries]\npatients = "SELECT 1"\n',
+            "registry table 'treatments' has no query",
+        ),
+    ],
+)
+def test_database_config_errors_name_the_key_and_the_fix(
+    tmp_path: Path, registry: str, needle: str
+) -> None:
+    toml = tmp_path / "site.toml"
+    toml.write_text(f'[site]\nid = "x"\ncountry = "GR"\n\n[data.registry]\n{registry}')
+    with pytest.raises(SpecError) as info:
+        load_site(toml)
+    assert needle in str(info.value) and "Fix:" in str(info.value)
+    assert "password=x" not in str(info.value)
