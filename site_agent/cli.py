@@ -19,7 +19,7 @@ from site_agent.derived import derive_registry
 from site_agent.handlers import SiteAgent
 from site_agent.officer_cli import add_officer_commands
 from site_agent.policy import check_study
-from site_agent.sources import load_site_registry_noted, load_site_table
+from site_agent.sources import declared_tables, load_site_registry_noted, load_site_table
 from site_agent.sql_source import SourceError
 
 
@@ -30,7 +30,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"policy: {cfg.policy}")
     problems = 0
     tables = {}
-    for name in [*cfg.tables, *cfg.db_tables]:
+    for name in declared_tables(cfg):
         try:
             df = load_site_table(cfg, name)
         except SourceError:
