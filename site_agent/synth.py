@@ -1842,7 +1842,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--to",
         metavar="postgresql://USER@HOST/DB",
         help="load each site into an OMOP CDM schema named after it in this PostgreSQL "
-        "database (with a generated vocabulary subset) and write site.toml files that read "
+        "database (the schema is DROPPED and re-created; a generated vocabulary subset is "
+        "loaded with it) and write site.toml files that read "
         "it; the password comes from HER2FED_DB_PASSWORD, never from the URL",
     )
     parser.add_argument(
