@@ -7,11 +7,16 @@ PACKAGES := her2fed site_agent coordinator
 
 .PHONY: setup sysdeps lint test demo bench clean
 
-# Debian packages the tests need: headless Chromium renders the HTML report.
+# Debian packages the tests need: headless Chromium renders the HTML report; the
+# PostgreSQL server (initdb, pg_ctl; Debian 12: /usr/lib/postgresql/15/bin) backs the
+# database-source tests, which start their own throwaway server (no cluster service).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PG_BINS := $(wildcard /usr/lib/postgresql/*/bin/initdb)
 sysdeps:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@[ -n "$(PG_BINS)" ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -14,12 +14,13 @@ from her2fed.errors import Her2fedError
 from her2fed.lot import RuleSet
 from her2fed.protocol import RegistryRows
 from site_agent.config import SiteConfig, load_site
-from site_agent.data import describe, load_table
+from site_agent.data import describe
 from site_agent.derived import derive_registry
 from site_agent.handlers import SiteAgent
 from site_agent.officer_cli import add_officer_commands
 from site_agent.policy import check_study
-from site_agent.registry import load_registry
+from site_agent.sources import declared_tables, load_site_registry_noted, load_site_table
+from site_agent.sql_source import SourceError
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -29,19 +30,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"policy: {cfg.policy}")
     problems = 0
     tables = {}
-    for name, path in cfg.tables.items():
+    for name in declared_tables(cfg):
         try:
-            df = load_table(path, f"{cfg.path} [data.{name}]")
+            df = load_site_table(cfg, name)
+        except SourceError:
+            raise  # the database cannot be read at all: stop with its message (exit 2)
         except Her2fedError as err:
             problems += 1
             print(f"  [FAIL] table {name}: {err}")
             continue
         tables[name] = df
-        print(f"  [ OK ] table {name}: {path.name}, {len(df)} rows, {len(df.columns)} columns")
+        path = cfg.tables.get(name)
+        shown = path.name if path else "query"
+        print(f"  [ OK ] table {name}: {shown}, {len(df)} rows, {len(df.columns)} columns")
         for col, present, missing in describe(df, list(df.columns)):
             print(f"         {col:<24} {present:>8} present {missing:>8} missing")
     frames: dict[str, pd.DataFrame] | None = None
-    if cfg.registry:
+    if cfg.has_registry:
         bad, frames = _check_registry(cfg)
         problems += bad
     if args.study:
@@ -92,10 +97,14 @@ def _check_study(
 def _check_registry(cfg: SiteConfig) -> tuple[int, dict[str, pd.DataFrame] | None]:
     """Validate the registry extract and derive lines; print aggregate counts only."""
     try:
-        reg = load_registry(cfg.registry)
+        reg, notes = load_site_registry_noted(cfg)
+    except SourceError:
+        raise  # the database cannot be read at all: stop with its message (exit 2)
     except Her2fedError as err:
         print(f"  [FAIL] registry: {err}")
         return 1, None
+    for note in notes:
+        print(f"         {note}")
     frames = {
         "patients": reg.patients,
         "treatments": reg.treatments,

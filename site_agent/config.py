@@ -1,7 +1,9 @@
 """Site configuration (TOML): who the site is, where its tables are, its policy, its keys.
 
 Paths are relative to the config file, so a site directory can be moved or
-copied whole. Unknown keys are errors: a misspelt policy key must not
+copied whole. A ``[data.NAME]`` table with a ``url`` names a PostgreSQL source
+instead of a file (an OMOP CDM schema or SQL queries; docs/omop.md); its
+password is never part of the config. Unknown keys are errors: a misspelt policy key must not
 silently fall back to a default the privacy officer did not choose.
 
 ``[keys]`` names the files a deployed site needs (``her2fed site start``)::
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from her2fed.errors import SpecError
+from site_agent.omop import OmopSource, parse_db_registry
+from site_agent.sql_source import DbTable, is_db_spec, parse_db_table
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 REGISTRY_KEYS = ("patients", "treatments", "progressions", "care_events")
@@ -104,6 +108,14 @@ class SiteConfig:
     policy: Policy = Policy()
     keys: KeyPaths | None = None
     """Set by ``parse_site`` (defaults without a [keys] table); None for in-memory configs."""
+    registry_db: OmopSource | None = None
+    """``[data.registry]`` given as a database (``url = ...``) instead of files."""
+    db_tables: dict[str, DbTable] = field(default_factory=dict)
+    """Generic tables given as ``[data.NAME] url = ..., query = ...``."""
+
+    @property
+    def has_registry(self) -> bool:
+        return bool(self.registry) or self.registry_db is not None
 
     @property
     def key_paths(self) -> KeyPaths:
@@ -142,17 +154,27 @@ def parse_site(doc: dict[str, Any], path: Path) -> SiteConfig:
         )
     tables: dict[str, Path] = {}
     registry: dict[str, Path] = {}
+    registry_db: OmopSource | None = None
+    db_tables: dict[str, DbTable] = {}
     for name, spec in data.items():
         key = f"data.{name}"
         if not isinstance(spec, dict):
             raise SpecError(
                 _where(path, key), "must be a table", f'write [{key}] path = "file.csv"'
             )
+        if is_db_spec(spec):  # a database source (docs/omop.md)
+            if name == "registry":
+                registry_db = parse_db_registry(spec, _where(path, key), base)
+            else:
+                db_tables[name] = parse_db_table(spec, _where(path, key), base)
+            continue
         if name == "registry":
             bad = set(spec) - set(REGISTRY_KEYS)
             if bad:
                 raise SpecError(
-                    _where(path, key), f"unknown key(s) {sorted(bad)}", f"use {list(REGISTRY_KEYS)}"
+                    _where(path, key),
+                    f"unknown key(s) {sorted(bad)}",
+                    f'use {list(REGISTRY_KEYS)}, or url = "postgresql://..." for a database',
                 )
             registry = {k: base / str(v) for k, v in spec.items()}
             continue
@@ -178,6 +200,8 @@ def parse_site(doc: dict[str, Any], path: Path) -> SiteConfig:
         registry,
         _policy(doc.get("policy", {}), path),
         _keys(doc.get("keys", {}), path),
+        registry_db,
+        db_tables,
     )
 
 

@@ -23,11 +23,11 @@ from her2fed.study import REGISTRY, REGISTRY_KINDS, Analysis, Study
 from her2fed.summary import Additive
 from site_agent.cohorts import CohortMemory
 from site_agent.config import SiteConfig
-from site_agent.data import level_codes, load_table, prepare
+from site_agent.data import level_codes, prepare
 from site_agent.derived import DerivedRegistry, derive_registry
 from site_agent.dp_site import privatize
 from site_agent.policy import PolicyRefusal, check_query, check_study
-from site_agent.registry import load_registry
+from site_agent.sources import load_site_registry, load_site_table
 
 Released = tuple[EventTable, int | None]
 """A released event table and, for attrition, the line slot later slots were merged into."""
@@ -72,15 +72,7 @@ class SiteAgent:
 
     def table(self, name: str) -> pd.DataFrame:
         if name not in self._tables:
-            if name not in self.config.tables:
-                raise DataError(
-                    f"{self.config.path}: data.{name}",
-                    f"the study reads dataset {name!r}, which this site does not declare",
-                    f'add [data.{name}] path = "{name}.csv" to the site config',
-                )
-            self._tables[name] = load_table(
-                self.config.tables[name], f"{self.config.path} [data.{name}]"
-            )
+            self._tables[name] = load_site_table(self.config, name)
         return self._tables[name]
 
     def derived(self) -> DerivedRegistry:
@@ -88,14 +80,14 @@ class SiteAgent:
         if self._derived is None:
             frames = self._registry_frames
             if frames is None:
-                if not self.config.registry:
+                if not self.config.has_registry:
                     raise DataError(
                         f"{self.config.path}: data.registry",
                         "the study reads the HER2+ registry, which this site does not declare",
                         "add [data.registry] with patients, treatments and progressions files "
                         "(see docs/registry_schema.md)",
                     )
-                reg = load_registry(self.config.registry)
+                reg = load_site_registry(self.config)
                 frames = {
                     "patients": reg.patients,
                     "treatments": reg.treatments,

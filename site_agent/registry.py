@@ -216,6 +216,24 @@ class Registry:
 # reading
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a table came from when it is not a file (a database query): what messages name.
+
+    Behaves like the ``Path`` of a file where validation uses one: ``str()`` is the full
+    location for messages, ``name`` the short one for the quality report.
+    """
+
+    where: str
+    name: str
+
+    def __str__(self) -> str:
+        return self.where
+
+
+Location = Path | Origin
+
+
 def _read(table: str, path: Path, declared_in: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
@@ -270,7 +288,7 @@ def _read(table: str, path: Path, declared_in: str) -> pd.DataFrame:
     return frame
 
 
-def _check_columns(table: str, path: Path, frame: pd.DataFrame) -> None:
+def _check_columns(table: str, path: Location, frame: pd.DataFrame) -> None:
     have = list(frame.columns)
     missing = [c.name for c in SCHEMA[table] if c.required and c.name not in have]
     if not missing:
@@ -444,7 +462,7 @@ class _Verdicts:
 
 
 def _parse_table(
-    table: str, path: Path, frame: pd.DataFrame
+    table: str, path: Location, frame: pd.DataFrame
 ) -> tuple[pd.DataFrame, _Verdicts, tuple[str, ...]]:
     """Typed columns plus the per-column verdicts; unusable date columns raise."""
     n = len(frame)
@@ -483,7 +501,7 @@ def _parse_table(
     return pd.DataFrame(out, index=index), verdicts, tuple(absent)
 
 
-def _check_unique_ids(path: Path, patients: pd.DataFrame) -> None:
+def _check_unique_ids(path: Location, patients: pd.DataFrame) -> None:
     ids = patients["patient_id"]
     dup = ids.duplicated(keep="first").to_numpy() & ids.notna().to_numpy()
     if not dup.any():
@@ -501,7 +519,7 @@ def _check_unique_ids(path: Path, patients: pd.DataFrame) -> None:
 
 def _report(
     table: str,
-    path: Path,
+    path: Location,
     raw: pd.DataFrame,
     kept: pd.DataFrame,
     verdicts: _Verdicts,
@@ -583,10 +601,24 @@ def load_registry(paths: Mapping[str, Path | str], declared_in: str = "site.toml
                 f'add {table} = "{table}.csv" under [data.registry]',
             )
     files = {t: Path(paths[t]) for t in TABLES if t in paths}
-    raws: dict[str, pd.DataFrame] = {}
-    for table, path in files.items():
-        raws[table] = _read(table, path, declared_in)
-        _check_columns(table, path, raws[table])
+    raws = {table: _read(table, path, declared_in) for table, path in files.items()}
+    return validate_registry(raws, dict(files))
+
+
+def validate_registry(
+    frames: Mapping[str, pd.DataFrame], origins: Mapping[str, Location]
+) -> Registry:
+    """Check, type and filter raw registry tables, wherever they were read from.
+
+    Files and database queries both end here, so an extract gives the same
+    registry (the same kept rows, exclusions and report) whatever holds it.
+    ``frames`` needs patients, treatments and progressions (care_events is
+    optional); ``origins`` names each table's file or query for messages.
+    """
+    raws = dict(frames)
+    files: dict[str, Location] = dict(origins)
+    for table in raws:
+        _check_columns(table, files[table], raws[table])
     if "care_events" not in raws:
         raws["care_events"] = pd.DataFrame(
             {c.name: pd.Series(dtype=object) for c in SCHEMA["care_events"]}

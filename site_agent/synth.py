@@ -1732,6 +1732,11 @@ def write_site(
                     text[col] = np.where(text[col], "true", "false")
             text.to_csv(path, index=False, date_format="%Y-%m-%d")
         files[name] = path.name
+    registry = [f"{name} = {_toml_str(file)}" for name, file in files.items()]
+    return _write_toml(out, site_id, country, registry)
+
+
+def _write_toml(out: Path, site_id: str, country: str, registry: list[str]) -> Path:
     policy = Policy()
     lines = [
         "# Synthetic site written by `her2fed synth`; no real patient is in these tables.",
@@ -1740,7 +1745,7 @@ def write_site(
         f"country = {_toml_str(country.upper())}",
         "",
         "[data.registry]",
-        *(f"{name} = {_toml_str(file)}" for name, file in files.items()),
+        *registry,
         "",
         "[policy]",
         f"min_cell = {policy.min_cell}",
@@ -1754,6 +1759,43 @@ def write_site(
     toml = out / "site.toml"
     toml.write_text("\n".join(lines), encoding="utf-8")
     return toml
+
+
+def write_db_site(
+    out_dir: Path | str,
+    site_id: str,
+    country: str,
+    frames: Mapping[str, pd.DataFrame],
+    url: str,
+    schema: str,
+    read_as: str | None = None,
+) -> Path:
+    """Load one site into an OMOP schema of ``url`` and write a site.toml reading it.
+
+    The URL must not hold a password (the site.toml gets it as written); the
+    password comes from ``HER2FED_DB_PASSWORD`` both here and when the site reads.
+    With ``read_as`` the site.toml names that role instead of the loading user,
+    and the role is granted SELECT on the schema only.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    from site_agent.omop_load import load_omop
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    load_omop(url, schema, frames, reader=read_as)
+    if read_as is not None:
+        parts = urlsplit(url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        url = urlunsplit(parts._replace(netloc=f"{read_as}@{host}"))
+    registry = [f"url = {_toml_str(url)}", f"omop_schema = {_toml_str(schema)}"]
+    return _write_toml(out, site_id, country, registry)
+
+
+def schema_name(site: str) -> str:
+    """A PostgreSQL schema name for a site: lower case letters, digits and underscores."""
+    name = "".join(ch if ch.isalnum() else "_" for ch in site.lower())
+    return name if name[:1].isalpha() else f"site_{name}"
 
 
 # ---------------------------------------------------------------------------
@@ -1797,18 +1839,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=2026, help="random seed (default 2026)")
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    parser.add_argument(
+        "--to",
+        metavar="postgresql://USER@HOST/DB",
+        help="load each site into an OMOP CDM schema named after it in this PostgreSQL "
+        "database (the schema is DROPPED and re-created; a generated vocabulary subset is "
+        "loaded with it) and write site.toml files that read "
+        "it; the password comes from HER2FED_DB_PASSWORD, never from the URL",
+    )
+    parser.add_argument(
+        "--read-as",
+        metavar="ROLE",
+        help="with --to: grant this existing role SELECT on the schemas and name it in the "
+        "site.toml files, so sites read as a role that cannot write",
+    )
     args = parser.parse_args(argv)
     try:
         sites = parse_sites(args.sites)
     except ValueError as err:
         parser.error(str(err))
+    if args.to is not None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(args.to)
+        if parts.scheme not in ("postgresql", "postgres"):
+            parser.error("--to must be a postgresql:// URL")
+        if parts.password is not None:
+            parser.error(
+                "--to must not contain a password (it would be written to site.toml); "
+                "export HER2FED_DB_PASSWORD instead"
+            )
     seeds = np.random.SeedSequence(args.seed).spawn(len(sites))
     out = Path(args.out)
     for (name, country, n), seq in zip(sites, seeds, strict=True):
         began = time.perf_counter()
         seed = int(seq.generate_state(1, dtype=np.uint32)[0])
         frames = synthesize(country, n, seed, name)
-        toml = write_site(out / name, name, country, frames, args.format)
+        if args.to is not None:
+            toml = write_db_site(
+                out / name, name, country, frames, args.to, schema_name(name), args.read_as
+            )
+        else:
+            toml = write_site(out / name, name, country, frames, args.format)
         rows = len(frames["treatments"])
         print(
             f"synth: {name} ({country}) {n} patients, {rows} treatment rows -> {toml} "
