@@ -19,9 +19,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.federation.server import AggregationSession, SitesFailed
 from coordinator.transport import (
     MIN_SECURE_SITES,
+    ROUNDS_PER_SESSION,
     AggregationError,
     SecureStats,
     SitesDropped,
+    reuse_session,
+    session_shape,
 )
 from her2fed.protocol import Query
 from her2fed.secagg import messages
@@ -43,7 +46,7 @@ class GrpcTransport:
         coordinator_key: Ed25519PrivateKey,
         consortium: Registry,
         rng: RandomSource = SYSTEM_RANDOM,
-        rounds_per_session: int = 32,
+        rounds_per_session: int = ROUNDS_PER_SESSION,
         timeout: float = 120.0,
     ) -> None:
         self._session = session
@@ -106,7 +109,7 @@ class GrpcTransport:
         ]
         n_ints, n_floats = (v.size for v in flatten_all(templates))
         c = self._secure
-        if c is None or not c.config.fits(self._rounds_in_session, n_ints, n_floats):
+        if c is None or not reuse_session(c.config, self._rounds_in_session, n_ints, n_floats):
             c = self._open(n_ints, n_floats)
         try:
             total = self._secure_round(c)
@@ -120,11 +123,12 @@ class GrpcTransport:
         return split_flat(templates, total.ints[:n_ints], total.floats[:n_floats])
 
     def _open(self, n_ints: int, n_floats: int) -> CoordinatorSession:
+        size_i, size_f = session_shape(n_ints, n_floats)
         config = SessionConfig.create(
             tuple(self._sites),
             n_rounds=self._rounds_per_session,
-            n_ints=n_ints,
-            n_floats=n_floats,
+            n_ints=size_i,
+            n_floats=size_f,
             rng=self._rng,
         )
         c = CoordinatorSession(

@@ -9,7 +9,9 @@ vector of public length, masked, and only the sum is unmasked.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from her2fed.errors import Her2fedError
 from her2fed.protocol import Query
+from her2fed.secagg.config import SessionConfig
 from her2fed.secagg.coordinator import SecureSum
 from her2fed.secagg.driver import Consortium, SteppedSession, simulated_consortium
 from her2fed.secagg.errors import SessionAbortedError
@@ -25,6 +28,41 @@ from her2fed.summary import Additive, flatten_all, merge, split_flat
 from site_agent.handlers import SiteAgent
 
 MIN_SECURE_SITES = 3
+# Keys are made for this many rounds per session. A Cox fit needs its first round plus
+# a handful of Newton steps (4-7 in the benchmarks); a study that needs more pays one
+# more key set-up, while every session pays for every round it pre-generates (X25519
+# keys, and Shamir shares of them for every peer: quadratic in the number of sites).
+ROUNDS_PER_SESSION = 8
+# A session is never opened shorter than this (ints, floats): masking this much zero
+# padding costs well under a millisecond per site and round, while it lets round 1's
+# short vector (Cox moments and warm-start fits) and the later rounds of a typical
+# study (30-day grid) share one key set-up.
+MIN_SESSION_SHAPE = (4096, 16384)
+
+
+def session_shape(n_ints: int, n_floats: int) -> tuple[int, int]:
+    """The vector lengths to open a session with, for a round of ``(n_ints, n_floats)``."""
+    return max(n_ints, MIN_SESSION_SHAPE[0]), max(n_floats, MIN_SESSION_SHAPE[1])
+
+
+def reuse_session(config: SessionConfig, rounds_used: int, n_ints: int, n_floats: int) -> bool:
+    """Whether a round should reuse the open session's keys rather than set up new ones.
+
+    A round that fits is zero-padded to the session's length, and every party
+    then encodes, masks, signs, hashes and unmasks the padding too. Profiling
+    a Cox fit on a 1-day grid showed that this, not the key set-up, was what
+    secure aggregation spent most on: round 2 (two Newton points) opened the
+    session, and every later round (one point) masked a vector twice its size.
+    So a round whose padding would exceed a quarter of its own length (and the
+    size floor of ``session_shape``) gets a fresh session sized to it: a key
+    set-up costs a few milliseconds per site, masking megabytes of zeros more.
+    """
+    if not config.fits(rounds_used, n_ints, n_floats):
+        return False
+    enc = config.encoding
+    needed = n_ints + enc.limbs * n_floats
+    floor = MIN_SESSION_SHAPE[0] + enc.limbs * MIN_SESSION_SHAPE[1]
+    return enc.ring_length - needed <= max(floor, needed // 4)
 
 
 class SiteFailure(Her2fedError):
@@ -79,9 +117,16 @@ class InProcessTransport:
 
     ``secure=False`` adds the summaries in the clear: for statistical tests on
     fewer than three sites, never for a release (``results.json`` says which).
-    A session's vector length is fixed when it opens (the first round's
-    length); later rounds are zero-padded to it, and a round that is longer,
-    or one past ``rounds_per_session``, opens a new session.
+    A session's vector length is fixed when it opens (``session_shape`` of the
+    round that opens it); later rounds are zero-padded to it, and a round that
+    is longer, much shorter (``reuse_session``), or one past
+    ``rounds_per_session`` opens a new session.
+
+    Sites compute their summaries concurrently, on up to ``workers`` threads
+    (default: one per CPU), as they would in a federation; numpy, hashing and
+    ChaCha20 release the GIL for the large arrays that dominate. The secure
+    sum itself then runs party by party, and the pooled result does not
+    depend on ``workers`` (each site's summary is its own; sums are exact).
     """
 
     def __init__(
@@ -90,7 +135,8 @@ class InProcessTransport:
         *,
         secure: bool = True,
         rng: RandomSource = SYSTEM_RANDOM,
-        rounds_per_session: int = 32,
+        rounds_per_session: int = ROUNDS_PER_SESSION,
+        workers: int | None = None,
     ) -> None:
         names = [a.site_id for a in agents]
         if len(set(names)) != len(names):
@@ -105,6 +151,7 @@ class InProcessTransport:
         self.secure = secure
         self._rng = rng
         self._rounds_per_session = rounds_per_session
+        self._workers = max(1, min(len(agents), workers or os.cpu_count() or 1))
         self._consortium: Consortium | None = simulated_consortium(names, rng) if secure else None
         self._session: SteppedSession | None = None
         self.stats = SecureStats()
@@ -128,12 +175,17 @@ class InProcessTransport:
         }
 
     def aggregate(self, queries: Sequence[Query]) -> list[Additive]:
-        answers: list[list[Additive]] = []
-        for agent in self._agents:
+        def answer(agent: SiteAgent) -> list[Additive]:
             try:
-                answers.append(agent.answer(queries))
+                return agent.answer(queries)
             except Her2fedError as err:
                 raise SiteFailure(agent.site_id, str(err)) from None
+
+        if self._workers == 1:
+            answers = [answer(a) for a in self._agents]
+        else:  # map re-raises the first failure in site order, as the sequential loop would
+            with ThreadPoolExecutor(self._workers, thread_name_prefix="site") as pool:
+                answers = list(pool.map(answer, self._agents))
         layouts = {tuple(a.layout() for a in site) for site in answers}
         if len(layouts) != 1:
             raise AggregationError("sites answered with different summary layouts; refused")
@@ -146,11 +198,12 @@ class InProcessTransport:
         flat = {a.site_id: flatten_all(ans) for a, ans in zip(self._agents, answers, strict=True)}
         n_ints, n_floats = (len(v) for v in next(iter(flat.values())))
         s = self._session
-        if s is None or not s.config.fits(s.rounds_used, n_ints, n_floats):
+        if s is None or not reuse_session(s.config, s.rounds_used, n_ints, n_floats):
+            size_i, size_f = session_shape(n_ints, n_floats)
             s = SteppedSession(
                 self._consortium,
-                n_ints=n_ints,
-                n_floats=n_floats,
+                n_ints=size_i,
+                n_floats=size_f,
                 n_rounds=self._rounds_per_session,
                 rng=self._rng,
             )
