@@ -284,6 +284,11 @@ def agreement(estimator: str, outcome: StudyOutcome, fitted: Any) -> float:
     # compare mid-day, after every event of the day: lifelines' AJ moves tied times by
     # up to 1e-4 days either way (its jitter), so a day's events straddle the whole day
     grid = np.union1d(np.round(ref_t), ours_t) + 0.5
+    if estimator == "aj":
+        # ... and on the horizon day, where a third of the rows are censored
+        # administratively, its jitter moves that day's events after those censorings:
+        # the last few events then meet a risk set of a handful and the CIF jumps by 0.08
+        grid = grid[grid < HORIZON_DAYS]
     return float(np.max(np.abs(_step(ours_t, ours, grid, start) - _step(ref_t, ref, grid, start))))
 
 
@@ -481,7 +486,7 @@ def agreement_lines(sizes: Sequence[SizeRun]) -> tuple[list[str], bool]:
     what = {
         "km": "KM S(t) max abs diff",
         "logrank": "log-rank chi-square rel diff",
-        "aj": "AJ CIF (cause 1) max abs diff",
+        "aj": "AJ CIF (cause 1) max abs diff before the horizon day",
         "cox": "Cox coef max abs diff",
     }
     for est in ESTIMATORS:
