@@ -10,8 +10,8 @@ holds on a noisy machine. A fast wrong answer is no benchmark: every run also
 checks that both gave the same answer.
 
 her2fed's time is split into loading (each site validates its table and
-builds its arrays), local summaries (the sites' own computation, concurrently
-as in a federation), secure aggregation (key set-up, masking, unmasking,
+builds its arrays), local summaries (the sites' own computation, site after
+site in this process), secure aggregation (key set-up, masking, unmasking,
 decoding) and estimation (the coordinator between rounds). Peak memory is
 measured per role, each in a process of its own so that resident sets are not
 shared: one site with 200,000 rows, the coordinator, the whole in-process
@@ -167,7 +167,7 @@ def agents_for(study: Study, frames: Sequence[pd.DataFrame]) -> list[SiteAgent]:
 
 
 class SplitTransport(InProcessTransport):
-    """``InProcessTransport`` (secure, sites concurrent) with a stopwatch per phase.
+    """``InProcessTransport`` (secure, sites in turn) with a stopwatch per phase.
 
     It only times the real transport's two halves: ``aggregate`` (the sites'
     summaries, then the secure sum) and ``_secure_sum``; the orchestrator's
@@ -202,14 +202,14 @@ class Her2fedRun:
 
 
 def her2fed_run(study: Study, frames: Sequence[pd.DataFrame]) -> Her2fedRun:
-    """Load (sites in parallel, as in a federation), then run the study; time each phase."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Load (every site in turn), then run the study; time each phase."""
     agents = agents_for(study, frames)
     sw = Stopwatch()
     t0 = time.perf_counter()
-    with sw("loading"), ThreadPoolExecutor(len(agents)) as pool:
-        list(pool.map(lambda a: [a.rows(x.id) for x in study.analyses], agents))
+    with sw("loading"):
+        for agent in agents:
+            for analysis in study.analyses:
+                agent.rows(analysis.id)
     transport = SplitTransport(agents, sw)
     t1 = time.perf_counter()
     outcome = run_study(study, transport)

@@ -199,8 +199,7 @@ def run_inprocess(loaded: LoadedStudy, sites: Mapping[str, Path]) -> InProcessRu
     rec = Recorder()
     t0 = time.perf_counter()
     agents = [SiteAgent(replace(load_site(p), site_id=n), loaded.study) for n, p in sites.items()]
-    # sites in turn, as the text says (InProcessTransport would run them on threads)
-    outcome = run_study(loaded.study, InProcessTransport(agents, workers=1), rec.progress)
+    outcome = run_study(loaded.study, InProcessTransport(agents), rec.progress)
     end = time.perf_counter()
     return InProcessRun(end - t0, rec.round_walls(end), rec.labels, outcome)
 
