@@ -56,7 +56,6 @@ from coordinator.transport import (
     AggregationError,
     InProcessTransport,
     reuse_session,
-    session_shape,
 )
 from her2fed.cox import CoxResult
 from her2fed.grid import TimeGrid
@@ -319,14 +318,12 @@ class TimedSecureTransport:
         cons, rng = self._consortium, SYSTEM_RANDOM
         names = tuple(sorted(cons.site_keys))
 
-        size_i, size_f = session_shape(n_ints, n_floats)  # as InProcessTransport sizes it
-
         def create() -> tuple[SessionConfig, CoordinatorSession]:
             config = SessionConfig.create(
                 names,
                 n_rounds=self._rounds_per_session,
-                n_ints=size_i,
-                n_floats=size_f,
+                n_ints=n_ints,
+                n_floats=n_floats,
                 rng=rng,
             )
             coord = CoordinatorSession(

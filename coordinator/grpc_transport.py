@@ -24,7 +24,6 @@ from coordinator.transport import (
     SecureStats,
     SitesDropped,
     reuse_session,
-    session_shape,
 )
 from her2fed.protocol import Query
 from her2fed.secagg import messages
@@ -123,12 +122,11 @@ class GrpcTransport:
         return split_flat(templates, total.ints[:n_ints], total.floats[:n_floats])
 
     def _open(self, n_ints: int, n_floats: int) -> CoordinatorSession:
-        size_i, size_f = session_shape(n_ints, n_floats)
         config = SessionConfig.create(
             tuple(self._sites),
             n_rounds=self._rounds_per_session,
-            n_ints=size_i,
-            n_floats=size_f,
+            n_ints=n_ints,
+            n_floats=n_floats,
             rng=self._rng,
         )
         c = CoordinatorSession(

@@ -32,16 +32,11 @@ MIN_SECURE_SITES = 3
 # more key set-up, while every session pays for every round it pre-generates (X25519
 # keys, and Shamir shares of them for every peer: quadratic in the number of sites).
 ROUNDS_PER_SESSION = 8
-# A session is never opened shorter than this (ints, floats): masking this much zero
-# padding costs well under a millisecond per site and round, while it lets round 1's
-# short vector (Cox moments and warm-start fits) and the later rounds of a typical
-# study (30-day grid) share one key set-up.
-MIN_SESSION_SHAPE = (4096, 16384)
-
-
-def session_shape(n_ints: int, n_floats: int) -> tuple[int, int]:
-    """The vector lengths to open a session with, for a round of ``(n_ints, n_floats)``."""
-    return max(n_ints, MIN_SESSION_SHAPE[0]), max(n_floats, MIN_SESSION_SHAPE[1])
+# Zero padding a round may carry rather than re-key (ring elements, 2 MiB per site and
+# round). A key set-up costs a few milliseconds per site at 5 sites (more with more
+# sites: it is quadratic), padding tens of nanoseconds per element per site (encode,
+# n masks, hash, unmask); padding below this is the cheaper of the two.
+PAD_ALLOWANCE = 1 << 18
 
 
 def reuse_session(config: SessionConfig, rounds_used: int, n_ints: int, n_floats: int) -> bool:
@@ -51,17 +46,18 @@ def reuse_session(config: SessionConfig, rounds_used: int, n_ints: int, n_floats
     then encodes, masks, signs, hashes and unmasks the padding too. Profiling
     a Cox fit on a 1-day grid showed that this, not the key set-up, was what
     secure aggregation spent most on: round 2 (two Newton points) opened the
-    session, and every later round (one point) masked a vector twice its size.
-    So a round whose padding would exceed a quarter of its own length (and the
-    size floor of ``session_shape``) gets a fresh session sized to it: a key
-    set-up costs a few milliseconds per site, masking megabytes of zeros more.
+    session, and every later round (one point) masked a vector twice its size
+    (1.4 million zeros per site and round). So a round whose padding would
+    exceed both ``PAD_ALLOWANCE`` and a quarter of its own length gets a fresh
+    session sized to it. Short vectors keep sharing a session: there the
+    set-up costs more than the padding, and on a network re-keying for them
+    would cost round trips to save a few kilobytes.
     """
     if not config.fits(rounds_used, n_ints, n_floats):
         return False
     enc = config.encoding
     needed = n_ints + enc.limbs * n_floats
-    floor = MIN_SESSION_SHAPE[0] + enc.limbs * MIN_SESSION_SHAPE[1]
-    return enc.ring_length - needed <= max(floor, needed // 4)
+    return enc.ring_length - needed <= max(PAD_ALLOWANCE, needed // 4)
 
 
 class SiteFailure(Her2fedError):
@@ -116,9 +112,9 @@ class InProcessTransport:
 
     ``secure=False`` adds the summaries in the clear: for statistical tests on
     fewer than three sites, never for a release (``results.json`` says which).
-    A session's vector length is fixed when it opens (``session_shape`` of the
-    round that opens it); later rounds are zero-padded to it, and a round that
-    is longer, much shorter (``reuse_session``), or one past
+    A session's vector length is fixed when it opens (the length of the round
+    that opens it); later rounds are zero-padded to it, and a round that is
+    longer, much shorter (``reuse_session``), or one past
     ``rounds_per_session`` opens a new session.
 
     Sites compute their summaries in turn; ``workers=N`` runs them on up to N
@@ -199,11 +195,10 @@ class InProcessTransport:
         n_ints, n_floats = (len(v) for v in next(iter(flat.values())))
         s = self._session
         if s is None or not reuse_session(s.config, s.rounds_used, n_ints, n_floats):
-            size_i, size_f = session_shape(n_ints, n_floats)
             s = SteppedSession(
                 self._consortium,
-                n_ints=size_i,
-                n_floats=size_f,
+                n_ints=n_ints,
+                n_floats=n_floats,
                 n_rounds=self._rounds_per_session,
                 rng=self._rng,
             )

@@ -11,11 +11,10 @@ import pytest
 
 from coordinator.orchestrate import run_study
 from coordinator.transport import (
-    MIN_SESSION_SHAPE,
+    PAD_ALLOWANCE,
     ROUNDS_PER_SESSION,
     InProcessTransport,
     reuse_session,
-    session_shape,
 )
 from her2fed.cox import CoxResult
 from her2fed.estimate import CurvesResult
@@ -35,27 +34,21 @@ def config(n_ints: int, n_floats: int, rounds: int = ROUNDS_PER_SESSION) -> Sess
     )
 
 
-def test_sessions_open_at_least_the_floor_and_never_shorter_than_the_round() -> None:
-    assert session_shape(10, 20) == MIN_SESSION_SHAPE
-    big = (MIN_SESSION_SHAPE[0] + 1, MIN_SESSION_SHAPE[1] * 3)
-    assert session_shape(*big) == big
-
-
 def test_a_round_that_does_not_fit_or_is_out_of_rounds_gets_a_new_session() -> None:
-    c = config(*session_shape(100, 1000))
+    c = config(100, 1000)
     assert reuse_session(c, 0, 100, 1000)
-    assert not reuse_session(c, 0, 100, MIN_SESSION_SHAPE[1] + 1)  # longer
+    assert reuse_session(c, 0, 1, 1)  # short rounds share the session: padding is cheap
+    assert not reuse_session(c, 0, 101, 1000)  # longer
     assert not reuse_session(c, ROUNDS_PER_SESSION, 100, 1000)  # keys used up
 
 
-def test_padding_beyond_a_quarter_of_a_long_round_means_a_new_session() -> None:
-    long = config(0, 1_000_000)
+def test_padding_beyond_the_allowance_and_a_quarter_of_the_round_means_a_new_session() -> None:
+    long = config(0, 1_000_000)  # 3 million ring elements
     assert reuse_session(long, 1, 0, 1_000_000)
-    assert reuse_session(long, 1, 0, 800_000)  # 200,000 padding <= 200,000
-    assert not reuse_session(long, 1, 0, 500_000)  # half the vector would be zeros
-    # below the floor, padding is always cheaper than a set-up
-    small = config(*session_shape(0, 10))
-    assert reuse_session(small, 1, 0, 1)
+    assert reuse_session(long, 1, 0, 800_000)  # 600,000 padding <= 2,400,000 / 4
+    assert not reuse_session(long, 1, 0, 500_000)  # the Cox case: half the vector zeros
+    # a vector no longer than the allowance may always be padded to it
+    assert reuse_session(config(0, PAD_ALLOWANCE // 3), 1, 0, 1)
 
 
 def _cox_agents(n_sites: int) -> tuple[Study, list[SiteAgent]]:
@@ -82,5 +75,6 @@ def test_concurrent_sites_give_bit_identical_results(workers: int) -> None:
     sa, sb = ka.groups["all"], kb.groups["all"]
     assert isinstance(sa, KMCurve) and isinstance(sb, KMCurve)
     assert sa.surv.tobytes() == sb.surv.tobytes() and sa.std_err.tobytes() == sb.std_err.tobytes()
-    # a 30-day-grid-sized study: round 1 and every Newton round share one key set-up
-    assert out.aggregation["sessions"] == 1
+    # short vectors: round 1 opens a session, the longer round 2 a second one that the
+    # remaining (shorter) Newton rounds share
+    assert out.aggregation["sessions"] == 2
