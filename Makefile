@@ -56,8 +56,16 @@ demo: setup
 	@echo "open out/demo/report.html in a browser; numbers in out/demo/results.json"
 	@echo "each site's signed audit log: $(HER2FED) site audit show out/demo/sites/athens/site.toml"
 
+# Every benchmark rewrites its own sections of BENCHMARKS.md (command, machine, date in each).
+# QUICK=1: small sizes, a few minutes on 2 cores.
+BENCH_ARGS = $(if $(QUICK),--quick,) --markdown BENCHMARKS.md
 bench: setup
-	$(PY) bench/bench_core.py $(if $(QUICK),--quick,)
+	$(PY) -m bench.bench_exactness --markdown BENCHMARKS.md
+	$(PY) -m bench.bench_core $(BENCH_ARGS)
+	$(PY) -m bench.bench_optimisation $(BENCH_ARGS)
+	$(PY) -m bench.bench_secagg $(BENCH_ARGS)
+	$(PY) -m bench.bench_scale $(BENCH_ARGS)
+	$(PY) -m bench.bench_network $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

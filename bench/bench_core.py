@@ -1,58 +1,77 @@
-"""her2fed's federated KM and Cox against lifelines on the same rows pooled.
+"""Speed and memory: her2fed's pooled estimators with secure aggregation against lifelines.
 
 The claim her2fed makes is "the pooled answer, without pooling": this script
-puts a price on that claim. It runs the real pipeline (site agents behind the
-in-process transport, the real orchestrator) on synthetic sites and lifelines
-on the concatenated rows, in one process, and reports the time ratio together
-with a check that both gave the same answer - a fast wrong answer is no
-benchmark. It also splits her2fed's time into site preparation, local
-summaries, merging and estimation, because sites run in parallel in a real
-federation: what a user waits for is the slowest site per round plus the
-coordinator, not the sequential in-process total.
+puts a price on it. For KM, log-rank, Aalen-Johansen (CIF) and Cox (10
+covariates, Efron ties) it runs the real pipeline - site agents behind the
+in-process transport with secure aggregation on, the real orchestrator - on
+5 synthetic sites of 10,000, 100,000 and 200,000 rows each, and lifelines on
+the same rows pooled, in the same process and the same run, so the ratio
+holds on a noisy machine. A fast wrong answer is no benchmark: every run also
+checks that both gave the same answer.
 
-Run ``make bench`` (or ``make bench QUICK=1``); ``--markdown BENCHMARKS.md``
-records the run in that file. Timings are reported, never asserted.
+her2fed's time is split into loading (each site validates its table and
+builds its arrays), local summaries (the sites' own computation, site after
+site in this process), secure aggregation (key set-up, masking, unmasking,
+decoding) and estimation (the coordinator between rounds). Peak memory is
+measured per role, each in a process of its own so that resident sets are not
+shared: one site with 200,000 rows, the coordinator, the whole in-process
+federation, and lifelines on the pooled rows.
+
+Run ``make bench`` (or ``make bench QUICK=1``, sites of 10,000 rows only);
+``--markdown BENCHMARKS.md`` records the run there. Timings are reported,
+never asserted; the script exits 1 only if her2fed and lifelines disagree.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import gc
-import os
-import platform
-import re
-import resource
+import json
+import pickle
+import subprocess
 import sys
+import tempfile
 import time
-import tracemalloc
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import lifelines
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from bench.common import (
+    ROOT,
+    Stopwatch,
+    best_of,
+    command_line,
+    fmt_mib,
+    fmt_ratio,
+    fmt_s,
+    log,
+    machine,
+    peak_rss_bytes,
+    publish,
+    section,
+)
 from coordinator.orchestrate import StudyOutcome, run_study
-from coordinator.transport import Failing, InProcessTransport, merge_failing
+from coordinator.transport import InProcessTransport
+from her2fed.cif import CIFCurve
 from her2fed.cox import CoxResult
-from her2fed.disclosure import ReleaseRule
-from her2fed.estimate import CurvesResult
+from her2fed.estimate import AnalysisRun, CurvesResult, LogrankOutcome
 from her2fed.grid import TimeGrid
 from her2fed.km import KMCurve
 from her2fed.protocol import Query
+from her2fed.secagg import prg
+from her2fed.secagg.encoding import Encoding
 from her2fed.study import Study, parse_analysis
-from her2fed.summary import Additive, merge
+from her2fed.summary import Additive, flatten_all, split_flat
 from site_agent.config import Policy, SiteConfig
-from site_agent.handlers import Released, SiteAgent
-
-T = TypeVar("T")
+from site_agent.handlers import SiteAgent
 
 DATASET = "d"
-TIME, EVENT = "time", "event"
+TIME, EVENT, CAUSE, ARM = "time", "event", "cause", "arm"
 HORIZON_DAYS = 3650
 COVARIATES = tuple(f"x{i}" for i in range(10))
 # the benchmark measures the statistics on a 1-day grid against lifelines on the same rows:
@@ -63,30 +82,39 @@ BINARY_P = (None, None, None, None, None, 0.5, 0.3, 0.2, 0.6, 0.1)
 TRUE_BETA = np.array([0.5, -0.4, 0.25, 0.1, 0.0, 0.6, -0.3, 0.35, -0.2, 0.15])
 BASE_HAZARD = 1 / 1500  # per day: median survival ~3 years at x = 0
 CENSOR_HAZARD = 1 / 2500
-FULL = (5, 200_000)
-QUICK = (5, 20_000)
-KM_TOL, COX_TOL = 1e-9, 1e-5
-MARK = "<!-- bench:{key}:{edge} -->"
-# BLAS threading changes both sides' timings a lot on small machines; recorded with each run.
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+CAUSE1_SHARE = 0.6  # of events, for the competing-risks (Aalen-Johansen) analysis
+N_SITES = 5
+SIZES_FULL = (10_000, 100_000, 200_000)
+SIZES_QUICK = (10_000,)
+ESTIMATORS = ("km", "logrank", "aj", "cox")
+LABELS = {
+    "km": "Kaplan-Meier",
+    "logrank": "log-rank (2 arms)",
+    "aj": "Aalen-Johansen (2 causes)",
+    "cox": "Cox (10 covariates, Efron)",
+}
+# her2fed vs lifelines must agree to this (max abs difference of the compared numbers);
+# AJ is looser because lifelines jitters tied times (see agreement notes in the output).
+TOL = {"km": 1e-9, "logrank": 1e-9, "aj": 1e-3, "cox": 1e-5}
+SEED = 20240611
+PHASES = ("loading", "summaries", "secure", "estimation")
 
 
 # ---------------------------------------------------------------- data
 
 
-def make_site(rng: np.random.Generator, rows: int, site: int) -> pd.DataFrame:
+def make_site(seed: int, site: int, rows: int) -> pd.DataFrame:
     """One site's rows from a known Cox model, so both fitters have a true target.
 
-    Continuous covariates get a small per-site mean shift so the sites are not
+    Each site has its own generator (seeded by ``(seed, site)``), so one site's
+    rows can be made in a process of its own for the memory measurement.
+    Continuous covariates get a small per-site mean shift so sites are not
     exchangeable copies; times are whole days with heavy ties (1M rows over
-    3650 days), which is the case where Efron ties matter and are costly.
+    3650 days), which is where Efron ties cost something. Events are split
+    into two competing causes for Aalen-Johansen, and ``arm`` (from x5) is the
+    log-rank grouping.
     """
+    rng = np.random.default_rng([seed, site])
     cols: dict[str, NDArray[Any]] = {}
     for name, p in zip(COVARIATES, BINARY_P, strict=True):
         if p is None:
@@ -101,33 +129,30 @@ def make_site(rng: np.random.Generator, rows: int, site: int) -> pd.DataFrame:
     beyond = days > HORIZON_DAYS
     event[beyond] = 0
     days[beyond] = HORIZON_DAYS
-    return pd.DataFrame({TIME: days, EVENT: event, **cols})
+    cause = np.where(event == 1, np.where(rng.random(rows) < CAUSE1_SHARE, 1, 2), 0)
+    arm = np.where(cols["x5"] == 1, "B", "A")
+    return pd.DataFrame({TIME: days, EVENT: event, CAUSE: cause, ARM: arm, **cols})
 
 
 def make_sites(n_sites: int, rows: int, seed: int) -> list[pd.DataFrame]:
-    rng = np.random.default_rng(seed)
-    return [make_site(rng, rows, s) for s in range(n_sites)]
+    return [make_site(seed, s, rows) for s in range(n_sites)]
 
 
-# ---------------------------------------------------------------- her2fed
+# ---------------------------------------------------------------- studies
 
 
-def km_study() -> Study:
-    spec = {"id": "km", "kind": "km", "dataset": DATASET, "time": TIME, "event": EVENT}
-    return Study("bench-km", TimeGrid(1, HORIZON_DAYS), (parse_analysis(spec, "bench"),))
-
-
-def cox_study() -> Study:
-    spec = {
-        "id": "cox",
-        "kind": "cox",
-        "dataset": DATASET,
-        "time": TIME,
-        "event": EVENT,
-        "covariates": list(COVARIATES),
-        "ties": "efron",
-    }
-    return Study("bench-cox", TimeGrid(1, HORIZON_DAYS), (parse_analysis(spec, "bench"),))
+def study_for(estimator: str) -> Study:
+    spec: dict[str, Any] = {"id": estimator, "dataset": DATASET, "time": TIME, "event": EVENT}
+    if estimator == "km":
+        spec["kind"] = "km"
+    elif estimator == "logrank":
+        spec.update(kind="logrank", by={"column": ARM, "levels": ["A", "B"]})
+    elif estimator == "aj":
+        spec.update(kind="cif", event=CAUSE, causes=[1, 2])
+    else:
+        spec.update(kind="cox", covariates=list(COVARIATES), ties="efron")
+    grid = TimeGrid(1, HORIZON_DAYS)
+    return Study(f"bench-{estimator}", grid, (parse_analysis(spec, "bench"),))
 
 
 def agents_for(study: Study, frames: Sequence[pd.DataFrame]) -> list[SiteAgent]:
@@ -142,445 +167,412 @@ def agents_for(study: Study, frames: Sequence[pd.DataFrame]) -> list[SiteAgent]:
     ]
 
 
-def her2fed_end_to_end(study: Study, frames: Sequence[pd.DataFrame]) -> StudyOutcome:
-    return run_study(study, InProcessTransport(agents_for(study, frames)))
+class SplitTransport(InProcessTransport):
+    """``InProcessTransport`` (secure, sites in turn) with a stopwatch per phase.
 
-
-class TimedTransport:
-    """``InProcessTransport`` with a stopwatch on every site answer and every merge.
-
-    Same calls in the same order as the real transport (minus the error
-    wrapping), so the parts add up to what the end-to-end run spends.
+    It only times the real transport's two halves: ``aggregate`` (the sites'
+    summaries, then the secure sum) and ``_secure_sum``; the orchestrator's
+    time outside ``aggregate`` is estimation.
     """
 
-    def __init__(self, agents: Sequence[SiteAgent]) -> None:
-        self._agents = list(agents)
-        self.site_seconds: list[list[float]] = []  # [round][site]
-        self.merge_seconds: list[float] = []  # [round]
-
-    def release_rule(self) -> ReleaseRule:
-        """The benchmark times the statistics: its sites' policy releases the pooled rows as is."""
-        return ReleaseRule.strictest([a.release_rule for a in self._agents])
-
-    def confirm_release(self, releases: Mapping[str, Released]) -> Failing:
-        return merge_failing(a.check_release(releases) for a in self._agents)
-
-    def sites(self) -> list[str]:
-        return [a.site_id for a in self._agents]
-
-    def describe(self) -> dict[str, object]:
-        return {"method": "plain sum (benchmark breakdown)"}
-
-    def exclude(self, sites: Sequence[str]) -> None:
-        raise RuntimeError(f"benchmark sites never drop out: {list(sites)}")
+    def __init__(self, agents: Sequence[SiteAgent], sw: Stopwatch) -> None:
+        super().__init__(agents)
+        self.sw = sw
 
     def aggregate(self, queries: Sequence[Query]) -> list[Additive]:
-        answers: list[list[Additive]] = []
-        per_site: list[float] = []
-        for agent in self._agents:
-            t0 = time.perf_counter()
-            answers.append(agent.answer(queries))
-            per_site.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        merged = [merge(site[i] for site in answers) for i in range(len(queries))]
-        self.merge_seconds.append(time.perf_counter() - t0)
-        self.site_seconds.append(per_site)
-        return merged
+        try:
+            return super().aggregate(queries)
+        finally:
+            self.sw.add("aggregate", time.perf_counter() - t0)
+
+    def _secure_sum(self, answers: list[list[Additive]]) -> list[Additive]:
+        with self.sw("secure"):
+            return super()._secure_sum(answers)
 
 
 @dataclass(frozen=True)
-class Breakdown:
-    """Where one her2fed run spent its time (seconds)."""
+class Her2fedRun:
+    """One end-to-end her2fed run and where its time went (seconds)."""
 
-    prep: list[float]  # per site
-    summaries: list[list[float]]  # per round, per site
-    merge: float
-    estimate: float  # coordinator: everything in run_study not spent at sites or merging
+    total: float
+    phases: dict[str, float]
     rounds: int
+    sessions: int
     outcome: StudyOutcome
 
-    @property
-    def prep_max(self) -> float:
-        return max(self.prep)
 
-    @property
-    def prep_sum(self) -> float:
-        return sum(self.prep)
-
-    @property
-    def summaries_max(self) -> float:
-        """Rounds are synchronous: each waits for its slowest site."""
-        return sum(max(r) for r in self.summaries)
-
-    @property
-    def summaries_sum(self) -> float:
-        return sum(sum(r) for r in self.summaries)
-
-    @property
-    def critical(self) -> float:
-        """Wall time if sites ran in parallel and the network were free."""
-        return self.prep_max + self.summaries_max + self.merge + self.estimate
-
-    @property
-    def sequential(self) -> float:
-        return self.prep_sum + self.summaries_sum + self.merge + self.estimate
-
-
-def her2fed_breakdown(study: Study, frames: Sequence[pd.DataFrame]) -> Breakdown:
+def her2fed_run(study: Study, frames: Sequence[pd.DataFrame]) -> Her2fedRun:
+    """Load (every site in turn), then run the study; time each phase."""
     agents = agents_for(study, frames)
-    prep: list[float] = []
-    for agent in agents:  # the agent caches prepared rows; prepare them up front to time it
-        t0 = time.perf_counter()
-        for a in study.analyses:
-            agent.rows(a.id)
-        prep.append(time.perf_counter() - t0)
-    transport = TimedTransport(agents)
+    sw = Stopwatch()
     t0 = time.perf_counter()
+    with sw("loading"):
+        for agent in agents:
+            for analysis in study.analyses:
+                agent.rows(analysis.id)
+    transport = SplitTransport(agents, sw)
+    t1 = time.perf_counter()
     outcome = run_study(study, transport)
-    total = time.perf_counter() - t0
-    site_total = sum(sum(r) for r in transport.site_seconds)
-    merge_total = sum(transport.merge_seconds)
-    return Breakdown(
-        prep=prep,
-        summaries=transport.site_seconds,
-        merge=merge_total,
-        estimate=total - site_total - merge_total,
-        rounds=outcome.rounds,
-        outcome=outcome,
-    )
+    end = time.perf_counter()
+    phases = {
+        "loading": sw.get("loading"),
+        "summaries": sw.get("aggregate") - sw.get("secure"),
+        "secure": sw.get("secure"),
+        "estimation": (end - t1) - sw.get("aggregate"),
+    }
+    return Her2fedRun(end - t0, phases, outcome.rounds, transport.stats.sessions, outcome)
 
 
 # ---------------------------------------------------------------- lifelines
 
 
-def lifelines_km(pooled: pd.DataFrame) -> Any:
-    return lifelines.KaplanMeierFitter().fit(pooled[TIME], pooled[EVENT])
+def lifelines_fit(estimator: str, pooled: pd.DataFrame) -> Any:
+    """lifelines' counterpart on the pooled rows (already concatenated, not timed).
 
+    Imported here, so the memory children of the site and coordinator roles
+    do not carry lifelines in their resident set.
+    """
+    import lifelines
+    from lifelines.statistics import logrank_test
 
-def lifelines_cox(pooled: pd.DataFrame) -> Any:
+    if estimator == "km":
+        return lifelines.KaplanMeierFitter().fit(pooled[TIME], pooled[EVENT])
+    if estimator == "logrank":
+        a, b = pooled[pooled[ARM] == "A"], pooled[pooled[ARM] == "B"]
+        return logrank_test(a[TIME], b[TIME], a[EVENT], b[EVENT])
+    if estimator == "aj":
+        with warnings.catch_warnings():  # "tied event times ... jittered": noted in the output
+            warnings.simplefilter("ignore")
+            return lifelines.AalenJohansenFitter(seed=0).fit(
+                pooled[TIME], pooled[CAUSE], event_of_interest=1
+            )
     return lifelines.CoxPHFitter().fit(
         pooled[[TIME, EVENT, *COVARIATES]], duration_col=TIME, event_col=EVENT
     )
 
 
+def _step(
+    t: NDArray[np.float64], s: NDArray[np.float64], grid: NDArray[np.float64], start: float
+) -> NDArray[np.float64]:
+    """A step function's values on ``grid`` (``start`` before its first time)."""
+    i = np.searchsorted(t, grid, side="right") - 1
+    return np.where(i >= 0, s[np.maximum(i, 0)], start)
+
+
+def agreement(estimator: str, outcome: StudyOutcome, fitted: Any) -> float:
+    """Max abs difference between her2fed's and lifelines' answer (see ``TOL``)."""
+    res = outcome.results[estimator]
+    if estimator == "logrank":
+        assert isinstance(res, LogrankOutcome)
+        return abs(res.test.chisq - float(fitted.test_statistic)) / max(res.test.chisq, 1e-300)
+    if estimator == "cox":
+        assert isinstance(res, CoxResult)
+        coef = np.asarray(fitted.params_.loc[list(res.names)], dtype=np.float64)
+        return float(np.max(np.abs(res.coef - coef)))
+    assert isinstance(res, CurvesResult)
+    curve = res.groups["all"]
+    if estimator == "km":
+        assert isinstance(curve, KMCurve)
+        ours_t, ours, start = curve.time, curve.surv, 1.0
+        frame = fitted.survival_function_
+    else:
+        assert isinstance(curve, CIFCurve)
+        ours_t, ours, start = curve.time, curve.cif[:, 0], 0.0
+        frame = fitted.cumulative_density_
+    ref_t = np.asarray(frame.index, dtype=np.float64)
+    ref = np.asarray(frame.iloc[:, 0], dtype=np.float64)
+    # compare mid-day, after every event of the day: lifelines' AJ moves tied times by
+    # up to 1e-4 days either way (its jitter), so a day's events straddle the whole day
+    grid = np.union1d(np.round(ref_t), ours_t) + 0.5
+    if estimator == "aj":
+        # ... and on the horizon day, where a third of the rows are censored
+        # administratively, its jitter moves that day's events after those censorings:
+        # the last few events then meet a risk set of a handful and the CIF jumps by 0.08
+        grid = grid[grid < HORIZON_DAYS]
+    return float(np.max(np.abs(_step(ours_t, ours, grid, start) - _step(ref_t, ref, grid, start))))
+
+
+# ---------------------------------------------------------------- memory (child processes)
+
+
+ROLES = ("site", "coordinator", "inprocess", "lifelines")
+
+
+def record_study(study: Study, frames: Sequence[pd.DataFrame]) -> list[dict[str, Any]]:
+    """The study's rounds as the coordinator saw them: queries, merged sums, masked length.
+
+    Plain sums here (the sums are what secure aggregation releases, bit for
+    bit for ints); the memory children replay these rounds, each in its role.
+    """
+    rounds: list[dict[str, Any]] = []
+
+    class Recorder(InProcessTransport):
+        def aggregate(self, queries: Sequence[Query]) -> list[Additive]:
+            merged = super().aggregate(queries)
+            rounds.append({"queries": list(queries), "merged": merged})
+            return merged
+
+    run_study(study, Recorder(agents_for(study, frames), secure=False, workers=1))
+    return rounds
+
+
+def _masked(enc: Encoding, ints: NDArray[Any], floats: NDArray[Any], n_sites: int) -> bytes:
+    """A site's masked input as it leaves the site: encode, self mask + n-1 pair masks."""
+    ring = enc.encode(ints, floats)
+    for k in range(n_sites):
+        prg.apply_mask(ring, bytes([k + 1]) * 32, 1)
+    return ring.tobytes()
+
+
+def run_role(role: str, rows: int, seed: int, n_sites: int, plan: Path) -> dict[str, float]:
+    """Do one role's work for the Cox study and report this process's peak RSS (bytes)."""
+    study = study_for("cox")
+    if role == "lifelines":
+        pooled = pd.concat(make_sites(n_sites, rows, seed), ignore_index=True)
+        data = peak_rss_bytes()
+        lifelines_fit("cox", pooled)
+        return {"data": data, "peak": peak_rss_bytes()}
+    if role == "inprocess":
+        frames = make_sites(n_sites, rows, seed)
+        data = peak_rss_bytes()
+        run_study(study, InProcessTransport(agents_for(study, frames)))
+        return {"data": data, "peak": peak_rss_bytes()}
+    rounds = pickle.loads(plan.read_bytes())
+    if role == "site":
+        frame = make_site(seed, 0, rows)
+        data = peak_rss_bytes()
+        (agent,) = agents_for(study, [frame])
+        for rnd in rounds:
+            ints, floats = flatten_all(agent.answer(rnd["queries"]))
+            _masked(Encoding(ints.size, floats.size, n_sites), ints, floats, n_sites)
+        return {"data": data, "peak": peak_rss_bytes()}
+    # coordinator: holds every site's masked vector until the round closes, removes the
+    # self masks, decodes the sum, splits it and runs the estimator between rounds
+    data = peak_rss_bytes()
+    run = AnalysisRun(study.analyses[0], study.grid)
+    for rnd in rounds:
+        merged: list[Additive] = rnd["merged"]
+        ints, floats = flatten_all(merged)
+        enc = Encoding(ints.size, floats.size, n_sites)
+        received = [np.frombuffer(_masked(enc, ints, floats, 0), np.uint64)]
+        rng = np.random.default_rng(0)
+        received += [
+            rng.integers(0, 2**63, enc.ring_length, dtype=np.uint64) for _ in range(n_sites - 1)
+        ]
+        total = np.zeros(enc.ring_length, np.uint64)
+        for vec in received:
+            np.add(total, vec, out=total)
+        for k in range(n_sites):
+            prg.apply_mask(total, bytes([k + 1]) * 32, -1)
+        del received, total
+        exact = enc.encode(ints, floats)  # the unmasked sum: decode it as the coordinator does
+        got_i, got_f = enc.decode(exact)
+        run.receive(split_flat(merged, got_i, got_f))
+    return {"data": data, "peak": peak_rss_bytes()}
+
+
+def measure_memory(rows: int, seed: int, n_sites: int) -> dict[str, dict[str, float]]:
+    """Peak RSS of each role, each in a fresh ``python -m bench.bench_core --role`` child."""
+    study = study_for("cox")
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="her2fed-bench-mem-") as tmp:
+        plan = Path(tmp) / "rounds.pkl"
+        log(f"memory: recording the Cox study's rounds ({n_sites} x {rows:,} rows)")
+        plan.write_bytes(pickle.dumps(record_study(study, make_sites(n_sites, rows, seed))))
+        for role in ROLES:
+            log(f"memory: {role} in a child process")
+            cmd = [sys.executable, "-m", "bench.bench_core", "--role", role]
+            cmd += ["--rows", str(rows), "--seed", str(seed), "--plan", str(plan)]
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"memory role {role} failed:\n{done.stderr[-2000:]}")
+            out[role] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 # ---------------------------------------------------------------- measuring
 
 
-def best_of(repeats: int, fn: Callable[[], T]) -> tuple[float, T]:
-    """Least wall time of ``repeats`` calls: the run least disturbed by the machine."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        result = fn()
-        elapsed = time.perf_counter() - t0
-        if elapsed < best:
-            best, out = elapsed, result
-    assert out is not None
-    return best, out
+@dataclass
+class Cell:
+    """One estimator at one size."""
+
+    her2fed: Her2fedRun
+    lifelines: float
+    lifelines_repeats: int
+    diff: float
+
+    @property
+    def ratio(self) -> float:
+        return self.her2fed.total / self.lifelines
 
 
-def best_breakdown(repeats: int, study: Study, frames: Sequence[pd.DataFrame]) -> Breakdown:
-    runs: list[Breakdown] = []
-    for _ in range(repeats):
-        gc.collect()
-        runs.append(her2fed_breakdown(study, frames))
-    return min(runs, key=lambda b: b.sequential)
+@dataclass
+class SizeRun:
+    rows: int
+    events: int
+    distinct_days: int
+    cells: dict[str, Cell] = field(default_factory=dict)
 
 
-def traced_peak(fn: Callable[[], object]) -> int:
-    """Peak bytes allocated (numpy included) by one untimed call, inputs excluded."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-def maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-# ---------------------------------------------------------------- agreement
-
-
-def km_diff(outcome: StudyOutcome, kmf: Any) -> float:
-    """Max |S_her2fed(t) - S_lifelines(t)| over every time either curve lists."""
-    res = outcome.results["km"]
-    assert isinstance(res, CurvesResult)
-    curve = res.groups["all"]
-    assert isinstance(curve, KMCurve)
-    sf = kmf.survival_function_
-    ref_t = np.asarray(sf.index, dtype=np.float64)
-    ref_s = np.asarray(sf.iloc[:, 0], dtype=np.float64)
-    grid = np.union1d(ref_t, curve.time)
-
-    def step(t: NDArray[np.float64], s: NDArray[np.float64]) -> NDArray[np.float64]:
-        i = np.searchsorted(t, grid, side="right") - 1
-        return np.where(i >= 0, s[np.maximum(i, 0)], 1.0)
-
-    return float(np.max(np.abs(step(curve.time, curve.surv) - step(ref_t, ref_s))))
-
-
-def cox_diffs(outcome: StudyOutcome, cph: Any) -> tuple[float, float]:
-    """Max abs coefficient difference and max relative SE difference."""
-    res = outcome.results["cox"]
-    assert isinstance(res, CoxResult)
-    names = list(res.names)
-    coef = np.asarray(cph.params_.loc[names], dtype=np.float64)
-    se = np.asarray(cph.standard_errors_.loc[names], dtype=np.float64)
-    return float(np.max(np.abs(res.coef - coef))), float(np.max(np.abs(res.se / se - 1)))
+def measure_size(rows: int, seed: int, repeats: int, estimators: Sequence[str]) -> SizeRun:
+    log(f"{N_SITES} sites x {rows:,} rows (seed {seed}): generating")
+    frames = make_sites(N_SITES, rows, seed)
+    pooled = pd.concat(frames, ignore_index=True)
+    events = int(pooled[EVENT].sum())
+    days = int(pooled.loc[pooled[EVENT] == 1, TIME].nunique())
+    out = SizeRun(rows, events, days)
+    for est in estimators:
+        study = study_for(est)
+        runs: list[Her2fedRun] = []
+        for _ in range(repeats):
+            runs.append(her2fed_run(study, frames))
+        best = min(runs, key=lambda r: r.total)
+        # lifelines' AJ takes minutes at 1M rows (it jitters ties, then a variance pass)
+        ll_repeats = 1 if est == "aj" and len(pooled) > 100_000 else repeats
+        ll, fitted = best_of(ll_repeats, lambda est=est: lifelines_fit(est, pooled))  # type: ignore[misc]
+        cell = Cell(best, ll, ll_repeats, agreement(est, best.outcome, fitted))
+        out.cells[est] = cell
+        log(
+            f"  {est}: her2fed {fmt_s(best.total)}, lifelines {fmt_s(ll)}, "
+            f"ratio {cell.ratio:.2f}, diff {cell.diff:.1e}"
+        )
+    return out
 
 
 # ---------------------------------------------------------------- report
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    except OSError:
-        pass
-    threads = [f"{k}={os.environ[k]}" for k in THREAD_VARS if k in os.environ]
-    return {
-        "CPU": f"{cpu}, nproc = {os.cpu_count()}",
-        "RAM": ram,
-        "OS": platform.platform(),
-        "Python": platform.python_version(),
-        "numpy": f"{np.__version__} ({blas_name()}, threads: {' '.join(threads) or 'default'})",
-        "pandas": pd.__version__,
-        "lifelines": lifelines.__version__,
+def speed_table(sizes: Sequence[SizeRun]) -> list[str]:
+    head = "| estimator | rows (5 sites) | her2fed end to end | lifelines, pooled | **ratio** |"
+    head += " loading | local summaries | secure aggregation | estimation | rounds (key set-ups) |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for est in ESTIMATORS:
+        for s in sizes:
+            c = s.cells.get(est)
+            if c is None:
+                continue
+            h = c.her2fed
+            lines.append(
+                f"| {LABELS[est]} | {N_SITES * s.rows:,} | {fmt_s(h.total)} | "
+                f"{fmt_s(c.lifelines)} | **{fmt_ratio(c.ratio)}** | "
+                + " | ".join(fmt_s(h.phases[p]) for p in PHASES)
+                + f" | {h.rounds} ({h.sessions}) |"
+            )
+    return lines
+
+
+def memory_table(mem: dict[str, dict[str, float]], rows: int) -> list[str]:
+    what = {
+        "site": f"one site, {rows:,} rows: its data, summaries and masking of every round",
+        "coordinator": f"coordinator ({N_SITES} sites): masked vectors, unmasking, decoding, "
+        "Newton",
+        "inprocess": f"whole in-process federation ({N_SITES} sites + coordinator, one process)",
+        "lifelines": f"lifelines CoxPHFitter on the {N_SITES * rows:,} pooled rows",
     }
-
-
-def blas_name() -> str:
-    try:
-        config: Any = np.show_config(mode="dicts")
-        blas = config["Build Dependencies"]["blas"]
-        return f"{blas['name']} {blas['version']}"
-    except Exception:  # the layout of numpy's build info is not a stable API
-        return "BLAS unknown"
-
-
-def fmt_s(seconds: float) -> str:
-    return f"{seconds:.3f} s"
-
-
-def fmt_mib(n_bytes: float) -> str:
-    return f"{n_bytes / 1024**2:,.0f} MiB"
-
-
-@dataclass(frozen=True)
-class Measured:
-    """One estimator's numbers (seconds unless named otherwise)."""
-
-    e2e: float
-    parts: Breakdown
-    lifelines: float
-    diff: float
-    her2fed_peak: int
-    lifelines_peak: int | None
-
-
-def table(km: Measured, cox: Measured) -> str:
-    def max_sum(mx: float, total: float) -> str:
-        return f"{fmt_s(mx)} ({fmt_s(total)})"
-
-    def ratio(m: Measured, t: float) -> str:
-        return f"{t / m.lifelines:.2f}"
-
-    def lifelines_peak(m: Measured) -> str:
-        return "not measured" if m.lifelines_peak is None else fmt_mib(m.lifelines_peak)
-
-    p = "**"
-    rows: list[tuple[str, Callable[[Measured], str]]] = [
-        (
-            "site prep (validate + arrays): max site (sum)",
-            lambda m: max_sum(m.parts.prep_max, m.parts.prep_sum),
-        ),
-        (
-            "local summaries, all rounds: max site/round (sum)",
-            lambda m: max_sum(m.parts.summaries_max, m.parts.summaries_sum),
-        ),
-        ("merge (coordinator)", lambda m: fmt_s(m.parts.merge)),
-        ("estimation (coordinator)", lambda m: fmt_s(m.parts.estimate)),
-        ("rounds", lambda m: str(m.parts.rounds)),
-        (
-            f"{p}her2fed critical path{p} (parallel sites, plain sums)",
-            lambda m: fmt_s(m.parts.critical),
-        ),
-        (
-            f"{p}her2fed end to end{p} (in-process, sites in turn, secure aggregation)",
-            lambda m: fmt_s(m.e2e),
-        ),
-        (f"{p}lifelines on pooled rows{p}", lambda m: fmt_s(m.lifelines)),
-        (f"{p}ratio end to end{p} her2fed / lifelines", lambda m: ratio(m, m.e2e)),
-        (f"{p}ratio critical path{p} her2fed / lifelines", lambda m: ratio(m, m.parts.critical)),
-        ("agreement: max abs diff (S(t) / coef)", lambda m: f"{m.diff:.1e}"),
-        ("tracemalloc peak, her2fed run", lambda m: fmt_mib(m.her2fed_peak)),
-        ("tracemalloc peak, lifelines fit", lifelines_peak),
+    lines = [
+        "| process (Cox study) | peak RSS | of which data before the work |",
+        "|---|---:|---:|",
     ]
-    lines = ["| | KM | Cox (10 covariates, Efron) |", "|---|---:|---:|"]
-    lines += [f"| {name} | {cell(km)} | {cell(cox)} |" for name, cell in rows]
-    return "\n".join(lines)
+    for role in ROLES:
+        m = mem[role]
+        lines.append(f"| {what[role]} | {fmt_mib(m['peak'])} | {fmt_mib(m['data'])} |")
+    return lines
 
 
-def section(
-    key: str,
-    title: str,
-    command: str,
-    km: Measured,
-    cox: Measured,
-    extra: Sequence[str],
-    rss: Sequence[tuple[str, float]],
-) -> str:
-    out = [MARK.format(key=key, edge="start"), f"### {title}", ""]
-    out += [f"Command: `{command}`", ""]
-    out += [f"Run: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}", ""]
-    out += [f"- {k}: {v}" for k, v in machine().items()]
-    out += ["", table(km, cox), ""]
-    out += [f"- {line}" for line in extra]
-    peaks = ", ".join(f"{name} {mib:,.0f} MiB" for name, mib in rss)
-    out += [f"- peak RSS (ru_maxrss, process high-water mark) after: {peaks}"]
-    out += ["", MARK.format(key=key, edge="end")]
-    return "\n".join(out)
-
-
-def write_markdown(path: Path, key: str, text: str) -> None:
-    """Replace this run's marked section, or append it; the rest is hand-written."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n\n## Results\n"
-    pattern = re.compile(
-        re.escape(MARK.format(key=key, edge="start"))
-        + r".*?"
-        + re.escape(MARK.format(key=key, edge="end")),
-        re.DOTALL,
-    )
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text, doc)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
-
-
-# ---------------------------------------------------------------- main
+def agreement_lines(sizes: Sequence[SizeRun]) -> tuple[list[str], bool]:
+    ok = True
+    out: list[str] = []
+    what = {
+        "km": "KM S(t) max abs diff",
+        "logrank": "log-rank chi-square rel diff",
+        "aj": "AJ CIF (cause 1) max abs diff before the horizon day",
+        "cox": "Cox coef max abs diff",
+    }
+    for est in ESTIMATORS:
+        diffs = [s.cells[est].diff for s in sizes if est in s.cells]
+        if not diffs:
+            continue
+        good = max(diffs) < TOL[est]
+        ok &= good
+        out.append(
+            f"agreement with lifelines, {what[est]}: "
+            + ", ".join(f"{d:.1e}" for d in diffs)
+            + f" (must be < {TOL[est]:g}): {'ok' if good else 'FAIL'}"
+        )
+    return out, ok
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK[0]} sites x {QUICK[1]} rows")
-    ap.add_argument("--sites", type=int, help=f"number of sites (default {FULL[0]})")
-    ap.add_argument("--rows", type=int, help=f"rows per site (default {FULL[1]})")
-    ap.add_argument("--seed", type=int, default=20240611)
-    ap.add_argument("--repeats", type=int, default=5, help="best of this many timings")
-    ap.add_argument(
-        "--no-lifelines-memory",
-        action="store_true",
-        help="skip the extra traced lifelines fits (they cost one more fit each)",
-    )
+    ap.add_argument("--quick", action="store_true", help="5 sites x 10,000 rows only, best of 2")
+    ap.add_argument("--rows", type=int, nargs="+", help="rows per site, one run per value")
+    ap.add_argument("--estimators", nargs="+", choices=ESTIMATORS, default=list(ESTIMATORS))
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--repeats", type=int, help="best of this many (default 3, quick 2)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory children")
     ap.add_argument("--markdown", type=Path, help="write this run's section into this file")
+    ap.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)  # memory child
+    ap.add_argument("--plan", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    default = QUICK if args.quick else FULL
-    args.sites = args.sites or default[0]
-    args.rows = args.rows or default[1]
-    if args.sites < 1 or args.rows < 1 or args.repeats < 1:
-        ap.error("--sites, --rows and --repeats must be >= 1")
+    args.rows = args.rows or list(SIZES_QUICK if args.quick else SIZES_FULL)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    if min(args.rows) < 1 or args.repeats < 1:
+        ap.error("--rows and --repeats must be >= 1")
     return args
-
-
-def measure(
-    name: str,
-    study: Study,
-    frames: Sequence[pd.DataFrame],
-    pooled: pd.DataFrame,
-    fit: Callable[[pd.DataFrame], Any],
-    compare: Callable[[StudyOutcome, Any], float],
-    repeats: int,
-    lifelines_memory: bool,
-) -> tuple[Measured, StudyOutcome, Any]:
-    log(f"{name}: her2fed end to end, best of {repeats}")
-    e2e, outcome = best_of(repeats, lambda: her2fed_end_to_end(study, frames))
-    log(f"{name}: her2fed {fmt_s(e2e)}; breakdown, best of {repeats}")
-    parts = best_breakdown(repeats, study, frames)
-    log(f"{name}: her2fed critical path {fmt_s(parts.critical)}; lifelines, best of {repeats}")
-    ll, fitted = best_of(repeats, lambda: fit(pooled))
-    log(f"{name}: lifelines {fmt_s(ll)}; memory")
-    her_peak = traced_peak(lambda: her2fed_end_to_end(study, frames))
-    ll_peak = traced_peak(lambda: fit(pooled)) if lifelines_memory else None
-    diff = compare(outcome, fitted)
-    return Measured(e2e, parts, ll, diff, her_peak, ll_peak), outcome, fitted
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    n_total = args.sites * args.rows
-    log(f"{args.sites} sites x {args.rows:,} rows (seed {args.seed}): generating")
-    frames = make_sites(args.sites, args.rows, args.seed)
-    pooled = pd.concat(frames, ignore_index=True)
-    events = int(pooled[EVENT].sum())
-    ties = int(pooled.loc[pooled[EVENT] == 1, TIME].nunique())
-    rss = [("data", maxrss_mib())]
-    log(f"{n_total:,} rows, {events:,} events at {ties:,} distinct days")
+    if args.role is not None:
+        print(json.dumps(run_role(args.role, args.rows[0], args.seed, N_SITES, args.plan)))
+        return 0
+    from importlib.metadata import version
 
-    trace_lifelines = not args.no_lifelines_memory
-    km, _, _ = measure(
-        "KM", km_study(), frames, pooled, lifelines_km, km_diff, args.repeats, trace_lifelines
-    )
-    cox, cox_out, cph = measure(
-        "Cox",
-        cox_study(),
-        frames,
-        pooled,
-        lifelines_cox,
-        lambda outcome, fitted: cox_diffs(outcome, fitted)[0],
-        args.repeats,
-        trace_lifelines,
-    )
-    coef_diff, se_diff = cox_diffs(cox_out, cph)
-    rss.append(("all runs", maxrss_mib()))
-    cox_res = cox_out.results["cox"]
-    assert isinstance(cox_res, CoxResult)
-
-    ok_km, ok_cox = km.diff < KM_TOL, coef_diff < COX_TOL
-    extra = [
-        f"{args.sites} sites x {args.rows:,} rows = {n_total:,} rows; {events:,} events "
-        f"({events / n_total:.0%}) on {ties:,} distinct event days; grid 1 day, "
-        f"horizon {HORIZON_DAYS} days; seed {args.seed}; best of {args.repeats}",
-        f"KM S(t) max abs diff vs lifelines {km.diff:.2e} (must be < {KM_TOL:g}): "
-        f"{'ok' if ok_km else 'FAIL'}",
-        f"Cox coef max abs diff vs lifelines {coef_diff:.2e} (must be < {COX_TOL:g}): "
-        f"{'ok' if ok_cox else 'FAIL'}; SE max rel diff {se_diff:.1e}; "
-        f"her2fed Newton iterations {cox_res.iterations}; max |coef - true| "
-        f"{float(np.max(np.abs(cox_res.coef - TRUE_BETA))):.3f}",
+    info = machine({"pandas": pd.__version__, "lifelines": version("lifelines")})
+    sizes = [measure_size(r, args.seed, args.repeats, args.estimators) for r in args.rows]
+    mem_rows = max(args.rows)
+    mem = None if args.no_memory else measure_memory(mem_rows, args.seed, N_SITES)
+    agree, ok = agreement_lines(sizes)
+    body = [
+        "#### Time: her2fed (secure aggregation, in-process) / lifelines (pooled rows)",
+        "",
+        *speed_table(sizes),
+        "",
     ]
-    size = (args.sites, args.rows)
-    key = {QUICK: "quick", FULL: "full"}.get(size, f"{args.sites}x{args.rows}")
-    title = {"quick": "Quick run", "full": "Full run"}.get(key, "Run")
-    title += f": {args.sites} sites x {args.rows:,} rows"
-    env = [f"{k}={os.environ[k]}" for k in THREAD_VARS if k in os.environ]
-    if env:  # a separate section, so default and pinned-thread runs sit side by side
-        key += "+" + "+".join(env)
-        title += f", {' '.join(env)}"
-    python = os.path.relpath(sys.executable) if sys.executable else "python"
-    command = " ".join([*env, python, "bench/bench_core.py", *(argv or sys.argv[1:])])
-    text = section(key, title, command, km, cox, extra, rss)
-    print(text)
-    if args.markdown is not None:
-        write_markdown(args.markdown, key, text)
-        log(f"wrote {args.markdown}")
-    if not (ok_km and ok_cox):
+    if mem is not None:
+        body += [f"#### Peak memory, Cox, {N_SITES} sites x {mem_rows:,} rows", ""]
+        body += [*memory_table(mem, mem_rows), ""]
+    body += [f"- {line}" for line in agree]
+    for s in sizes:
+        n = N_SITES * s.rows
+        body.append(
+            f"- {N_SITES} x {s.rows:,} rows: {s.events:,} events ({s.events / n:.0%}) on "
+            f"{s.distinct_days:,} distinct days; grid 1 day, horizon {HORIZON_DAYS} days"
+        )
+    cox = [s.cells["cox"] for s in sizes if "cox" in s.cells]
+    if cox:
+        res = cox[-1].her2fed.outcome.results["cox"]
+        assert isinstance(res, CoxResult)
+        body.append(
+            f"- Cox at the largest size: {res.iterations} Newton iterations; max |coef - true| "
+            f"{float(np.max(np.abs(res.coef - TRUE_BETA))):.3f}"
+        )
+    body.append(
+        f"- seed {args.seed}; her2fed best of {args.repeats} by end-to-end time (its phases "
+        "from that run), lifelines best of the same except AJ above 100,000 rows (1 fit)"
+    )
+    sized = (args.rows == list(SIZES_QUICK)) or (args.rows == list(SIZES_FULL))
+    key = "speed-quick" if args.quick else "speed"
+    if not sized or args.estimators != list(ESTIMATORS) or args.seed != SEED:
+        key += "-custom"
+    title = f"Speed and memory: {N_SITES} sites x " + ", ".join(f"{r:,}" for r in args.rows)
+    title += " rows" + (" (quick run)" if args.quick else "")
+    publish(
+        args.markdown, key, section(key, title, command_line("bench.bench_core", argv), info, body)
+    )
+    if not ok:
         log("her2fed and lifelines DISAGREE (see above)")
         return 1
     return 0

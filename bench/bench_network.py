@@ -31,14 +31,10 @@ rewrites only this script's section of PATH.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
 import os
-import platform
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,10 +46,13 @@ import flwr
 import grpc
 import numpy as np
 
+from bench.common import ROOT, command_line, fmt_bytes, fmt_s, log, machine, publish
+from bench.common import section as common_section
 from coordinator.federation.local import LocalFederation, RunOutcome, SiteSpec
 from coordinator.federation.server import AggregationServer, AggregationSession
 from coordinator.grpc_transport import GrpcTransport
 from coordinator.orchestrate import StudyOutcome, run_study
+from coordinator.rehearsal import approve_everywhere
 from coordinator.results import pooled_json
 from coordinator.study import LoadedStudy, load_study
 from coordinator.transport import InProcessTransport
@@ -62,20 +61,11 @@ from site_agent.config import load_site
 from site_agent.handlers import SiteAgent
 from site_agent.synth import main as synth_main
 
-ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "examples" / "her2" / "study.toml"
 HANDLER = "site_agent.federation.study_handler:factory"
 DEFAULT_SITES = "athens:GR:400,oslo:NO:700,munich:DE:600"
 SEED = 2026  # `her2fed synth`'s default, so the sites are the demo's
-MARK = "<!-- bench:{key}:{edge} -->"
 PROBE_ROUND0 = 1_000_000  # labels of the probe broadcasts, far above any study round
-
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
 
 # ---------------------------------------------------------------- recording
 
@@ -268,7 +258,17 @@ def run_federation(
     flower_pings: int,
     probes: int,
 ) -> FederationRun:
-    specs = [SiteSpec(n, site_config=str(p.resolve()), handler=HANDLER) for n, p in sites.items()]
+    # each site runs as itself (its own key signs its audit log) and has approved the study
+    approve_everywhere(loaded.path, sites.values(), workdir / "lead")
+    specs = [
+        SiteSpec(
+            n,
+            site_config=str(p.resolve()),
+            handler=HANDLER,
+            identity_key=str(load_site(p).key_paths.site_key.resolve()),
+        )
+        for n, p in sites.items()
+    ]
     fed = LocalFederation(specs, workdir)
     run = FederationRun()
     log(f"federation: starting SuperLink, gateway, {len(specs)} SuperNodes and site agents")
@@ -309,27 +309,11 @@ def p90(xs: Sequence[float]) -> float:
     return float(np.percentile(xs, 90)) if xs else float("nan")
 
 
-def fmt_s(seconds: float) -> str:
-    if seconds != seconds:  # NaN
-        return "–"
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds:.2f} s"
-
-
 def fmt_range(xs: Sequence[float]) -> str:
     """Median, with the range when there is more than one sample."""
     if len(xs) <= 1:
         return fmt_s(xs[0]) if xs else "–"
     return f"{fmt_s(median(xs))} ({fmt_s(min(xs))}–{fmt_s(max(xs))})"
-
-
-def fmt_bytes(n: float) -> str:
-    if n < 1024:
-        return f"{n:,.0f} B"
-    if n < 1024**2:
-        return f"{n / 1024:,.1f} KiB"
-    return f"{n / 1024**2:,.2f} MiB"
 
 
 def per_site_mean(rows: Sequence[Mapping[str, int]]) -> float:
@@ -342,53 +326,6 @@ def per_site_mean(rows: Sequence[Mapping[str, int]]) -> float:
 
 
 # ---------------------------------------------------------------- report
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return {
-        "CPU": f"{cpu}, nproc = {os.cpu_count()}",
-        "RAM": ram,
-        "OS": platform.platform(),
-        "Python": platform.python_version(),
-        "numpy": np.__version__,
-        "flwr": flwr.__version__,
-        "grpcio": grpc.__version__,
-        "her2fed": git_state(),
-        "load average at start (1, 5, 15 min)": load,
-    }
-
-
-def git_state() -> str:
-    """Commit and uncommitted tracked files: timings belong to the code that produced them."""
-    try:
-
-        def git(*args: str) -> str:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout
-
-        head = git("rev-parse", "--short", "HEAD").strip()
-        dirty = [line[3:] for line in git("status", "--porcelain", "-uno").splitlines() if line]
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"commit {head}" + (f", uncommitted changes in {', '.join(dirty)}" if dirty else "")
 
 
 @dataclass(frozen=True)
@@ -628,17 +565,7 @@ def rounds_comparison(r: Report) -> str:
 
 def section(key: str, title: str, command: str, r: Report) -> str:
     n_inproc = len(r.inproc)
-    out = [MARK.format(key=key, edge="start"), f"### {title}", ""]
-    out += [f"Command: `{command}`", ""]
-    out += [f"Run: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}", ""]
-    out += [f"- {k}: {v}" for k, v in r.machine.items()]
-    out += [
-        "- load average at end: "
-        + " ".join(f"{x:.2f}" for x in os.getloadavg())
-        + f" (nproc {os.cpu_count()}: a higher load means other jobs competed for the CPUs)"
-    ]
-    out += [
-        "",
+    out = [
         f"Study `examples/her2/study.toml` ({len(load_study(STUDY).study.analyses)} analyses) "
         f"on `her2fed synth --sites {r.spec} --seed {r.seed}`; {len(r.fed.sessions)} "
         f"session(s) over one federation, {n_inproc} in-process run(s); medians with "
@@ -668,26 +595,8 @@ def section(key: str, title: str, command: str, r: Report) -> str:
         "more. Broadcast times include the sites' own work for that step (summaries, masking), "
         'sites running in parallel processes; "coordinator outside broadcasts" is the '
         "coordinator's secure-aggregation bookkeeping, unmasking and estimation.",
-        "",
-        MARK.format(key=key, edge="end"),
     ]
-    return "\n".join(out)
-
-
-def write_markdown(path: Path, key: str, text: str) -> None:
-    """Replace this run's marked section, or append it; nothing else is touched."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(
-        re.escape(MARK.format(key=key, edge="start"))
-        + r".*?"
-        + re.escape(MARK.format(key=key, edge="end")),
-        re.DOTALL,
-    )
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text, doc, count=1)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
+    return common_section(key, title, command, r.machine, out)
 
 
 # ---------------------------------------------------------------- main
@@ -733,7 +642,8 @@ def compare(loaded: LoadedStudy, ref: StudyOutcome, runs: Sequence[StudyOutcome]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine()  # load average before this script adds its own
+    # load average before this script adds its own
+    info = machine({"flwr": flwr.__version__, "grpcio": grpc.__version__})
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="her2fed-bench-network-"))
     try:
         log(f"synthesising sites {args.sites} (seed {args.seed}) in {workdir}")
@@ -770,13 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     key = ("network" if default else "network-custom") + ("-quick" if args.quick else "")
     title = "Network: the default HER2+ study over a local gRPC federation"
     title += " (quick run)" if args.quick else ""
-    python = os.path.relpath(sys.executable) if sys.executable else "python"
-    command = " ".join([python, "bench/bench_network.py", *(argv or sys.argv[1:])])
-    text = section(key, title, command, report)
-    print(text)
-    if args.markdown is not None:
-        write_markdown(args.markdown, key, text)
-        log(f"wrote {args.markdown}")
+    text = section(key, title, command_line("bench.bench_network", argv), report)
+    publish(args.markdown, key, text)
     ok = True
     if mismatches:
         log(f"gRPC and in-process pooled results DIFFER: {', '.join(mismatches)}")

@@ -33,13 +33,8 @@ her2fed. ``--markdown PATH`` rewrites only this script's section of PATH.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import math
-import os
-import platform
-import re
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -52,9 +47,18 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from bench.common import command_line, fmt_bytes, fmt_s, log, machine, publish
+from bench.common import section as common_section
 from coordinator.orchestrate import StudyOutcome, run_study
 from coordinator.results import pooled_json
-from coordinator.transport import AggregationError, Failing, InProcessTransport, merge_failing
+from coordinator.transport import (
+    ROUNDS_PER_SESSION,
+    AggregationError,
+    Failing,
+    InProcessTransport,
+    merge_failing,
+    reuse_session,
+)
 from her2fed.cox import CoxResult
 from her2fed.disclosure import ReleaseRule
 from her2fed.grid import TimeGrid
@@ -71,8 +75,6 @@ from her2fed.summary import Additive, flatten_all, split_flat
 from site_agent.config import Policy, SiteConfig
 from site_agent.handlers import Released, SiteAgent
 
-ROOT = Path(__file__).resolve().parents[1]
-MARK = "<!-- bench:{key}:{edge} -->"
 SITES_FULL = (3, 10, 30, 100)
 SITES_QUICK = (3, 10, 30)
 ROWS = 1_000
@@ -85,7 +87,6 @@ BINARY_P = (None, None, None, 0.4, 0.25)
 BASE_HAZARD, CENSOR_HAZARD = 1 / 1200, 1 / 2500  # per day
 COX_TOL = 1e-7
 BIG = 100  # from this many sites on, one run of each kind (a secure in-process run takes ~40 s)
-ROUNDS_PER_SESSION = 32  # InProcessTransport's default: keys for this many rounds per set-up
 COORD = "coordinator"
 # a site's steps (ledger names) in the order they happen; the coordinator's likewise
 SETUP_STEPS = ("open", "share_keys", "receive_shares")
@@ -115,13 +116,6 @@ STEP_LABELS = {
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 Vectors = tuple[NDArray[np.int64], NDArray[np.float64]]  # a site's flattened (ints, floats)
-
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
 
 # ---------------------------------------------------------------- data and study
 
@@ -273,7 +267,7 @@ class TimedSecureTransport:
             raise AggregationError("sites answered with different summary layouts; refused")
         n_ints, n_floats = (len(v) for v in next(iter(flat.values())))
         c = self._secure
-        if c is None or not c.config.fits(c.rounds_used, n_ints, n_floats):
+        if c is None or not reuse_session(c.config, c.rounds_used, n_ints, n_floats):
             c = self._open(n_ints, n_floats, r)
         self.ring_bytes[r] = 8 * c.config.encoding.ring_length
         pad_i, pad_f = c.config.n_ints - n_ints, c.config.n_floats - n_floats
@@ -517,7 +511,10 @@ def end_to_end(
 ) -> tuple[float, StudyOutcome]:
     """``run_study`` through the real ``InProcessTransport`` (keys made before the clock)."""
     transport = InProcessTransport(
-        agents_for(study, frames), secure=secure, rounds_per_session=rounds_per_session
+        agents_for(study, frames),
+        secure=secure,
+        rounds_per_session=rounds_per_session,
+        workers=1,  # every party in turn, like the timed driver
     )
     gc.collect()
     t0 = time.perf_counter()
@@ -576,20 +573,6 @@ def measure(
 
 
 # ---------------------------------------------------------------- report
-
-
-def fmt_s(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds:.2f} s"
-
-
-def fmt_bytes(n: float) -> str:
-    if n < 1024:
-        return f"{n:,.0f} B"
-    if n < 1024**2:
-        return f"{n / 1024:,.1f} KiB"
-    return f"{n / 1024**2:,.2f} MiB"
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -819,57 +802,6 @@ def findings(ms: Sequence[Measured]) -> list[str]:
     return out
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    except OSError:
-        pass
-    try:
-        import flwr
-
-        flower = flwr.__version__
-    except ImportError:
-        flower = "not installed"
-    return {
-        "CPU": f"{cpu}, nproc = {os.cpu_count()}",
-        "RAM": ram,
-        "OS": platform.platform(),
-        "Python": platform.python_version(),
-        "numpy": np.__version__,
-        "flwr": f"{flower} (not used here)",
-        "her2fed": git_state(),
-        "load average at start (1, 5, 15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-
-
-def git_state() -> str:
-    """Commit and uncommitted tracked files: timings belong to the code that produced them."""
-    try:
-
-        def git(*args: str) -> str:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout
-
-        head = git("rev-parse", "--short", "HEAD").strip()
-        dirty = [line[3:] for line in git("status", "--porcelain", "-uno").splitlines() if line]
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"commit {head}" + (f", uncommitted changes in {', '.join(dirty)}" if dirty else "")
-
-
 def section(
     key: str,
     title: str,
@@ -881,17 +813,7 @@ def section(
     repeats: str,
     rounds_per_session: int,
 ) -> str:
-    out = [MARK.format(key=key, edge="start"), f"### {title}", ""]
-    out += [f"Command: `{command}`", ""]
-    out += [f"Run: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}", ""]
-    out += [f"- {k}: {v}" for k, v in info.items()]
-    out += [
-        "- load average at end: "
-        + " ".join(f"{x:.2f}" for x in os.getloadavg())
-        + f" (nproc {os.cpu_count()}: a higher load means other jobs competed for the CPUs)"
-    ]
-    out += [
-        "",
+    out = [
         f"Study: KM + Cox (5 covariates, Efron ties), grid {GRID_DAYS} days, horizon "
         f"{HORIZON_DAYS} days, default site policy; {rows:,} synthetic rows per site (seed "
         f"{seed}); secure aggregation on, keys for {rounds_per_session} rounds per set-up "
@@ -918,26 +840,8 @@ def section(
         "steps, splitting the sums, and estimation between rounds. Bytes are the "
         "secure-aggregation messages (masked vectors, keys, shares, signatures); queries are "
         "in-process calls here (bench_network.py measures their size on the wire).",
-        "",
-        MARK.format(key=key, edge="end"),
     ]
-    return "\n".join(out)
-
-
-def write_markdown(path: Path, key: str, text: str) -> None:
-    """Replace this run's marked section, or append it; nothing else is touched."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(
-        re.escape(MARK.format(key=key, edge="start"))
-        + r".*?"
-        + re.escape(MARK.format(key=key, edge="end")),
-        re.DOTALL,
-    )
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text, doc, count=1)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
+    return common_section(key, title, command, info, out)
 
 
 # ---------------------------------------------------------------- main
@@ -977,7 +881,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine()
+    info = machine({"pandas": pd.__version__})
     study = scale_study()
     ms: list[Measured] = []
     for n in sorted(set(args.sites)):
@@ -993,8 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = [m.run.n for m in ms]
     title = f"Scale: {min(ns)} to {max(ns)} sites, in-process, secure aggregation"
     title += " (quick run)" if args.quick else ""
-    python = os.path.relpath(sys.executable) if sys.executable else "python"
-    command = " ".join([python, "bench/bench_scale.py", *(argv or sys.argv[1:])])
+    command = command_line("bench.bench_scale", argv)
     repeats = (
         f"best of {args.repeats}"
         if args.fixed_repeats or max(ns) < BIG
@@ -1003,10 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = section(
         key, title, command, info, ms, args.rows, args.seed, repeats, args.rounds_per_session
     )
-    print(text)
-    if args.markdown is not None:
-        write_markdown(args.markdown, key, text)
-        log(f"wrote {args.markdown}")
+    publish(args.markdown, key, text)
     if not all(m.ok for m in ms):
         log("pooled results DIFFER between the timed run, InProcessTransport and plain sums")
         return 1

@@ -18,12 +18,8 @@ asserted: the script exits 1 only if a secure sum differs from the plain sum.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import math
-import os
-import platform
-import re
 import sys
 import time
 from collections import defaultdict
@@ -36,6 +32,7 @@ import cryptography
 import numpy as np
 from numpy.typing import NDArray
 
+from bench.common import best_of, command_line, fmt_s, log, machine, publish, section
 from her2fed.secagg import messages, prg
 from her2fed.secagg.config import SessionConfig
 from her2fed.secagg.coordinator import CoordinatorSession, SecureSum
@@ -45,7 +42,6 @@ from her2fed.secagg.messages import Message
 from her2fed.secagg.randomness import SeededRandom
 from her2fed.secagg.site import SiteSession
 
-MARK = "<!-- bench:secagg:{edge} -->"
 TYPICAL = (50_000, 400_000)
 TYPICAL_SITES, TYPICAL_ROUNDS = 5, 6
 SETUP_SITES = (3, 10, 30, 100)
@@ -54,24 +50,6 @@ COORD = "coordinator"
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
-
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def best_of(repeats: int, fn: Callable[[], T]) -> tuple[float, T]:
-    results = []
-    for _ in range(repeats):
-        gc.collect()
-        t = time.perf_counter()
-        value = fn()
-        results.append((time.perf_counter() - t, value))
-    best = min(t for t, _ in results)
-    return best, results[-1][1]
-
 
 # ---------------------------------------------------------------- primitives
 
@@ -369,28 +347,6 @@ def measure_typical(repeats: int) -> Typical:
 # ---------------------------------------------------------------- report
 
 
-def fmt_s(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "CPU": f"{cpu}, nproc = {os.cpu_count()}",
-        "OS": platform.platform(),
-        "Python": platform.python_version(),
-        "numpy": np.__version__,
-        "cryptography": f"{cryptography.__version__}",
-    }
-
-
 def report(p: Primitives, setups: Sequence[SetupCost], ty: Typical, n_rounds: int) -> str:
     n_ints, n_floats = TYPICAL
     lines = [
@@ -452,29 +408,6 @@ def report(p: Primitives, setups: Sequence[SetupCost], ty: Typical, n_rounds: in
     return "\n".join(lines)
 
 
-def section(text: str, command: str, quick: bool) -> str:
-    out = [MARK.format(edge="start"), "### Secure aggregation" + (" (quick run)" if quick else "")]
-    out += ["", f"Command: `{command}`", ""]
-    out += [f"Run: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}", ""]
-    out += [f"- {k}: {v}" for k, v in machine().items()]
-    out += ["", text, "", MARK.format(edge="end")]
-    return "\n".join(out)
-
-
-def write_markdown(path: Path, text: str) -> None:
-    """Replace this script's marked section, or append it; nothing else is touched."""
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(
-        re.escape(MARK.format(edge="start")) + r".*?" + re.escape(MARK.format(edge="end")),
-        re.DOTALL,
-    )
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text, doc, count=1)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="fewer repeats; set-up up to 30 sites")
@@ -482,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--setup-rounds", type=int, default=TYPICAL_ROUNDS, help="rounds of keys")
     ap.add_argument("--markdown", type=Path, help="write this run's section into this file")
     args = ap.parse_args(argv)
+    info = machine({"cryptography": cryptography.__version__})
     repeats = args.repeats or (2 if args.quick else 5)
     if repeats < 1 or args.setup_rounds < 1:
         ap.error("--repeats and --setup-rounds must be >= 1")
@@ -499,15 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log("typical study vector")
     typical = measure_typical(repeats)
     text = report(prims, setups, typical, args.setup_rounds)
-    python = os.path.relpath(sys.executable) if sys.executable else "python"
-    command = " ".join(
-        [python, "bench/bench_secagg.py", *(argv if argv is not None else sys.argv[1:])]
+    key = "secagg-quick" if args.quick else "secagg"
+    title = "Secure aggregation" + (" (quick run)" if args.quick else "")
+    publish(
+        args.markdown,
+        key,
+        section(key, title, command_line("bench.bench_secagg", argv), info, [text]),
     )
-    out = section(text, command, args.quick)
-    print(out)
-    if args.markdown is not None:
-        write_markdown(args.markdown, out)
-        log(f"wrote {args.markdown}")
     ok = typical.exact and typical.float_err <= 1.0
     if not ok:
         log("secure and plain sums DISAGREE (see above)")

@@ -19,11 +19,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.federation.server import AggregationSession, SitesFailed
 from coordinator.transport import (
     MIN_SECURE_SITES,
+    ROUNDS_PER_SESSION,
     AggregationError,
     Failing,
     SecureStats,
     SitesDropped,
     merge_failing,
+    reuse_session,
 )
 from her2fed.disclosure import ReleaseRule
 from her2fed.protocol import Query
@@ -52,7 +54,7 @@ class GrpcTransport:
         coordinator_key: Ed25519PrivateKey,
         consortium: Registry,
         rng: RandomSource = SYSTEM_RANDOM,
-        rounds_per_session: int = 32,
+        rounds_per_session: int = ROUNDS_PER_SESSION,
         timeout: float = 120.0,
     ) -> None:
         self._session = session
@@ -124,7 +126,7 @@ class GrpcTransport:
         ]
         n_ints, n_floats = (v.size for v in flatten_all(templates))
         c = self._secure
-        if c is None or not c.config.fits(self._rounds_in_session, n_ints, n_floats):
+        if c is None or not reuse_session(c.config, self._rounds_in_session, n_ints, n_floats):
             c = self._open(n_ints, n_floats)
         try:
             total = self._secure_round(c)

@@ -83,8 +83,14 @@ def test_masked_vectors_look_uniform(consortium: Consortium) -> None:
 def _patched(
     monkeypatch: pytest.MonkeyPatch, make: Callable[[NDArray[np.uint64]], NDArray[np.uint64]]
 ) -> None:
+    """Every mask (`prg.apply_mask`, called by sites and coordinator) uses `make(keystream)`."""
     real = prg.keystream
-    monkeypatch.setattr(prg, "keystream", lambda key, n: make(real(key, n)))
+
+    def apply_mask(acc: NDArray[np.uint64], key: bytes, sign: int) -> None:
+        mask = make(real(key, acc.shape[0]))
+        (np.add if sign > 0 else np.subtract)(acc, mask, out=acc)
+
+    monkeypatch.setattr(prg, "apply_mask", apply_mask)
 
 
 def test_the_statistics_catch_disabled_masks(

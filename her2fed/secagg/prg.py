@@ -67,12 +67,28 @@ def keystream(key: bytes, length: int) -> NDArray[np.uint64]:
 
 
 def apply_mask(acc: NDArray[np.uint64], key: bytes, sign: int) -> None:
-    """``acc += sign * keystream(key)`` in Z_2^64, in place."""
-    mask = keystream(key, acc.shape[0])
-    if sign > 0:
-        np.add(acc, mask, out=acc)
-    else:
-        np.subtract(acc, mask, out=acc)
+    """``acc += sign * keystream(key)`` in Z_2^64, in place.
+
+    The keystream is made chunk by chunk into one small buffer and added while
+    that chunk is still in cache, instead of being materialised whole: for the
+    tens of megabytes a Cox round masks (1-day grid) this takes about half the
+    time, since no fresh pages are faulted in and nothing is read back from
+    memory. The words are the same as ``keystream(key, len(acc))``'s.
+    """
+    n = acc.shape[0]
+    if n == 0:
+        return
+    encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    size = min(len(_ZEROS) // 8, n)
+    buf = bytearray(8 * size)
+    view = memoryview(buf)
+    words = np.frombuffer(buf, dtype="<u8")
+    op = np.add if sign > 0 else np.subtract
+    for start in range(0, n, size):
+        m = min(size, n - start)
+        encryptor.update_into(_ZEROS[: 8 * m], view[: 8 * m])
+        part = acc[start : start + m]
+        op(part, words[:m], out=part)
 
 
 def pair_sign(me: str, other: str) -> int:
