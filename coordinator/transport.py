@@ -26,6 +26,7 @@ from her2fed.secagg.errors import SessionAbortedError
 from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
 from her2fed.summary import Additive, flatten_all, merge, split_flat
 from site_agent.handlers import Released, SiteAgent
+from site_agent.policy import check_participants
 
 MIN_SECURE_SITES = 3
 # Keys are made for this many rounds per session. A Cox fit needs its first round plus
@@ -209,6 +210,8 @@ class InProcessTransport:
     def aggregate(self, queries: Sequence[Query]) -> list[Additive]:
         def answer(agent: SiteAgent) -> list[Additive]:
             try:
+                if self.secure:  # each site's own minimum of contributors to a secure sum
+                    check_participants(agent.config.policy, len(self._agents), "the secure sum")
                 # every agent here is summed, so each adds 1/k of the DP noise
                 return agent.answer(queries, n_sites=len(self._agents))
             except Her2fedError as err:

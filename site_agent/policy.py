@@ -162,3 +162,20 @@ def check_query(policy: Policy, a: Analysis, query: Query, n: int, steps_seen: i
             ("cox_max_iterations", policy.cox_max_iterations),
         )
     return (("min_cohort", policy.min_cohort),)
+
+
+def check_participants(policy: Policy, n: int, what: str) -> None:
+    """The site's own minimum of contributing sites, checked by the site on each secure sum.
+
+    The coordinator refuses fewer than three anyway; a site whose officer
+    wants more (``min_sites``) must not rely on that: it refuses to mask or
+    to confirm a sum with fewer.
+    """
+    if n < policy.min_sites:
+        raise PolicyRefusal(
+            "min_sites",
+            policy.min_sites,
+            f"{what} has {n} contributing site(s), fewer than this site's minimum",
+            "the consortium runs the study with more sites, or the privacy officer lowers "
+            "min_sites in [policy]",
+        )

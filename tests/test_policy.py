@@ -169,3 +169,21 @@ def test_a_group_that_is_one_site_is_a_per_site_release() -> None:
         run_study(study, InProcessTransport(agents(Policy())))
     allowed = run_study(study, InProcessTransport(agents(Policy(per_site_release=True))))
     assert set(allowed.results) == {"km"}
+
+
+def test_a_site_wanting_more_contributors_refuses_a_smaller_sum() -> None:
+    """min_sites is the site's own rule, not only the coordinator's floor of three."""
+    from coordinator.orchestrate import run_study
+    from coordinator.transport import InProcessTransport
+    from site_agent.config import SiteConfig
+
+    frames = split(load("rossi"), 3, seed=3)
+    study = study_of(KM, grid_days=30, horizon_days=120)
+    policies = [Policy(), Policy(min_sites=4), Policy()]
+    agents = [
+        SiteAgent(SiteConfig(Path(f"s{i}.toml"), f"s{i}", "XX", policy=p), study,
+                  tables={DATASET: f})
+        for i, (p, f) in enumerate(zip(policies, frames, strict=True))
+    ]  # fmt: skip
+    with pytest.raises(SiteFailure, match=r"s1.*min_sites = 4.*3 contributing site"):
+        run_study(study, InProcessTransport(agents))

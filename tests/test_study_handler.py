@@ -124,3 +124,26 @@ def test_a_dp_round_states_its_privacy_cost(site: Path, tmp_path: Path) -> None:
     cost = handler.prepared_dp
     assert cost is not None and cost.epsilon > 0 and cost.delta == 1e-6
     assert "noise variance 25" in cost.mechanism
+
+
+def test_a_round_with_fewer_sites_than_the_policy_wants_is_refused(site: Path) -> None:
+    """The site masks nothing into a sum of fewer sites than its min_sites (default 3)."""
+    from her2fed.secagg import messages
+
+    approve(GENERIC, [site])
+    study = GENERIC.read_bytes()
+    handler = session(site, study)
+    handler("study", study)
+    handler("prepare", encode_queries([Query("rfs_km_hormon", "table")]))
+    begin = messages.RoundBegin(
+        session_id=b"\x01" * 32,
+        round=1,
+        sender="coordinator",
+        recipient="athens",
+        signature=b"\x00" * 64,
+        participants=("athens", "oslo"),
+    )
+    with pytest.raises(SiteRefusal, match=r"min_sites = 3.*2 contributing site"):
+        handler("secagg", begin.to_bytes())
+    last = records(site)[-1]
+    assert last["kind"] == "refusal" and last["details"]["rule"] == "min_sites"

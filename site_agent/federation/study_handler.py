@@ -53,7 +53,7 @@ from site_agent.federation.client import Handler, SiteRefusal
 from site_agent.federation.keys import KeyFileError, read_private_key
 from site_agent.federation.session import SessionInfo
 from site_agent.handlers import Released, SiteAgent
-from site_agent.policy import check_study
+from site_agent.policy import check_participants, check_study
 from site_agent.site_files import site_files
 
 log = logging.getLogger("her2fed.federation.site")
@@ -395,6 +395,12 @@ class StudySession:
         return self._send("secagg", reply, what=f"secure-aggregation reply to {name}")
 
     def _secagg(self, msg: messages.Message) -> bytes:
+        # the site's own minimum of contributors: no masked vector into a smaller sum, and
+        # no confirmation (hence no unmasking) of one
+        if isinstance(msg, messages.RoundBegin):
+            check_participants(self.config.policy, len(msg.participants), "this round's sum")
+        if isinstance(msg, messages.ConsistencyRequest):
+            check_participants(self.config.policy, len(msg.survivors), "the secure sum")
         if isinstance(msg, messages.SessionOpen):
             self.secure = SiteSession(
                 self.identity.site_id,
