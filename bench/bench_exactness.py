@@ -40,7 +40,7 @@ from her2fed.estimate import CurvesResult, LogrankOutcome, Result
 from her2fed.grid import TimeGrid
 from her2fed.km import KMCurve, NACurve
 from her2fed.study import Study, parse_analysis
-from site_agent.config import Policy, SiteConfig
+from site_agent.config import RESEARCH_POLICY, SiteConfig
 from site_agent.handlers import SiteAgent
 
 GOLDEN_DIR = ROOT / "tests" / "golden"
@@ -49,16 +49,8 @@ DATASET = "d"
 FLOOR = 1e-12  # denominators: a reference of exactly 0 compares absolutely below this
 R_LIMIT = 1e-6  # a difference from R above this is a bug, not rounding
 # Statistical checks run on 1-day grids and on sites that may hold no rows (a random
-# split of 97 waltons rows over 10 sites); the policy rules are not what is measured.
-# Release rules off: the release is compared with R and lifelines on the pooled rows.
-POLICY = Policy(
-    min_grid_days=1,
-    min_cohort=0,
-    min_sites=1,
-    cox_max_params_per_row=float("inf"),
-    min_cell=0,
-    min_at_risk=0,
-)
+# split of 97 waltons rows over 10 sites), release rules off: compared with R and lifelines.
+POLICY = RESEARCH_POLICY
 Floats = NDArray[np.float64]
 
 

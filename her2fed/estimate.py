@@ -176,7 +176,12 @@ class AnalysisRun:
         self._pooled: tuple[Additive, ...] = ()
         self.result: Result | None = None
         self.rounds = 0
-        self._pending: list[Query] = [Query(analysis.id, s) for s in first_steps(analysis)]
+        # a Cox model's event table serves only to merge risk-set bins under a release rule
+        self._pending: list[Query] = [
+            Query(analysis.id, s)
+            for s in first_steps(analysis)
+            if not (analysis.kind == "cox" and s == "table" and self.rule is None)
+        ]
         self._moments: CoxMoments | None = None
         self._newton: Generator[np.ndarray, CoxDerivs, object] | None = None
         self._center: tuple[float, ...] = ()

@@ -67,6 +67,19 @@ class Policy:
     dp_max_lines_per_patient: int = 10
 
 
+RESEARCH_POLICY = Policy(
+    min_grid_days=1,
+    min_cohort=0,
+    min_sites=1,
+    cox_max_params_per_row=float("inf"),
+    min_cell=0,
+    min_at_risk=0,
+)
+"""For comparing the statistics with R and lifelines on the pooled rows (tests, benchmarks):
+1-day grids, sites that may hold no rows, and no release rules (they coarsen the release).
+Never a site's policy."""
+
+
 KEY_DEFAULTS: dict[str, str] = {
     "site_key": "keys/site.key",
     "node_key": "keys/node.key",

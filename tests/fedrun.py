@@ -17,23 +17,14 @@ from coordinator.transport import MIN_SECURE_SITES, InProcessTransport
 from her2fed.estimate import Result
 from her2fed.grid import TimeGrid
 from her2fed.study import Analysis, Study, parse_analysis
-from site_agent.config import Policy, SiteConfig
+from site_agent.config import RESEARCH_POLICY, Policy, SiteConfig
 from site_agent.handlers import SiteAgent
 
 DATA = Path(__file__).parent / "golden" / "data"
 DATASET = "d"
-# Statistical tests run on 1-day grids and on sites that may hold no rows, and
-# compare with estimators on the pooled rows, so disclosure control (which
-# coarsens the release) is off; the policy and release rules are tested in
-# test_policy.py and test_disclosure.py.
-RESEARCH_POLICY = Policy(
-    min_grid_days=1,
-    min_cohort=0,
-    min_sites=1,
-    cox_max_params_per_row=float("inf"),
-    min_cell=0,
-    min_at_risk=0,
-)
+# Statistical tests compare with estimators on the pooled rows: the research policy
+# (1-day grids, empty sites allowed, release rules off); the policy and release rules
+# are tested in test_policy.py and test_disclosure.py.
 
 
 def load(name: str) -> pd.DataFrame:

@@ -240,20 +240,24 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
             leftover.kill()
 
 
+def study_run(out: str) -> tuple[str, ...]:
+    """`her2fed study run` of the demo study on the test consortium, results in ``out``."""
+    return (
+        "study", "run", str(STUDY),
+        "--federation", "cons/federation.toml",
+        "--out", out,
+        "--wait-sites", "45",
+        "--open-timeout", "45",
+    )  # fmt: skip
+
+
 def test_the_study_on_the_deployed_federation_equals_the_local_run(dep: Deployment) -> None:
     """Three hospitals connect outbound with their own keys; `study run` opens the session
     through the SuperLink's Control API and gives exactly `her2fed local --transport
     inprocess`'s analyses on the same site configs, with results.json and report.html."""
     for site in SITES:
         dep.wait_for(site, "connected: the SuperLink accepted this site's node key")
-    run = dep.her2fed(
-        "study", "run", str(STUDY),
-        "--federation", "cons/federation.toml",
-        "--out", "out",
-        "--wait-sites", "45",
-        "--open-timeout", "45",
-        timeout=100,
-    )  # fmt: skip
+    run = dep.her2fed(*study_run("out"), timeout=100)
     assert run.returncode == 0, run.stderr
     assert "session open at 3 sites" in run.stderr and "rfs_cox" in run.stdout
     assert dep.procs["local"].wait(T) == 0, dep.output("local")
@@ -279,14 +283,7 @@ def test_a_coordinator_killed_mid_study_leaves_the_sites_ready_for_the_next(
     and the next `study run` completes with exactly the local numbers."""
     for site in SITES:
         dep.wait_for(site, "connected: the SuperLink accepted this site's node key")
-    crashed = dep.spawn(
-        "crashed",
-        "study", "run", str(STUDY),
-        "--federation", "cons/federation.toml",
-        "--out", "crashed",
-        "--wait-sites", "45",
-        "--open-timeout", "45",
-    )  # fmt: skip
+    crashed = dep.spawn("crashed", *study_run("crashed"))
     dep.wait_for("crashed", "round 2", timeout=100)
     crashed.send_signal(signal.SIGKILL)
     assert crashed.wait(T) == -signal.SIGKILL
@@ -294,14 +291,7 @@ def test_a_coordinator_killed_mid_study_leaves_the_sites_ready_for_the_next(
     for site in SITES:
         dep.wait_for(site, " ended: ", timeout=60)  # the site noticed, on its own
         assert dep.procs[site].poll() is None, dep.output(site)
-    again = dep.her2fed(
-        "study", "run", str(STUDY),
-        "--federation", "cons/federation.toml",
-        "--out", "again",
-        "--wait-sites", "45",
-        "--open-timeout", "45",
-        timeout=150,
-    )  # fmt: skip
+    again = dep.her2fed(*study_run("again"), timeout=150)
     assert again.returncode == 0, again.stderr
     assert dep.procs["local"].wait(T) == 0, dep.output("local")
     local = json.loads((dep.work / "local" / "results.json").read_text())
