@@ -455,7 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     local = sub.add_parser(
         "local",
         help="run a study across site configs on this machine",
-        description="Run STUDY.toml across the given sites and write DIR/results.json.",
+        description="Run STUDY.toml across the given sites and write DIR/results.json and "
+        "DIR/report.html. Every site must have approved the study as sites do in a federation "
+        "(`her2fed study keygen` and `study sign` by the lead; `her2fed site keys` and `site "
+        "approve` at each site; `make demo` shows the steps); at least three sites.",
     )
     local.add_argument("study", metavar="STUDY.toml")
     local.add_argument(

@@ -396,8 +396,9 @@ def add_officer_commands(site_sub: Any) -> None:
     approve.add_argument(
         "--lead-key",
         metavar="LEAD.pub",
-        help="the consortium lead's public key, 64 hex (default: [keys] "
-        f"{LEAD_KEY_FIELD}, else {DEFAULT_LEAD_KEY} next to SITE.toml)",
+        help="the consortium lead's public key file (default: [keys] "
+        f"{LEAD_KEY_FIELD}, else {DEFAULT_LEAD_KEY} next to SITE.toml); pinned there if "
+        "no key is pinned yet, refused if another key is",
     )
     approve.add_argument("--approvals", metavar="FILE", help="default: approvals.toml")
     approve.add_argument("--officer", metavar="NAME", help="who approves (default: login name)")

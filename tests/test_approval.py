@@ -35,7 +35,7 @@ from site_agent.approval import (
     verify_signature,
 )
 from site_agent.audit import AuditLog, verify
-from site_agent.federation.keys import write_private_key, write_public_key
+from site_agent.federation.keys import generate_key, write_private_key, write_public_key
 from site_agent.policy import PolicyRefusal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -381,3 +381,28 @@ def test_cli_approve_needs_the_pinned_lead_key(
     assert main(["site", "approve", str(config), str(study), "--yes"]) == 2
     err = capsys.readouterr().err
     assert "lead.pub does not exist" in err and "pinned" in err
+
+
+def test_approve_pins_a_lead_key_given_once_and_refuses_another(
+    tmp_path: Path, study: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--lead-key` on a site with no pinned key pins it (the live path checks only the pinned
+    key); a different key later is refused, naming the pinned one, and nothing is approved."""
+    config = site(tmp_path)
+    pinned = config.parent / "consortium" / "lead.pub"
+    pinned.unlink()
+    lead_key, lead_pub = tmp_path / "lead.key", tmp_path / "lead.pub"
+    write_private_key(LEAD, lead_key)
+    write_public_key(LEAD, lead_pub)
+    assert main(["study", "sign", str(study), "--key", str(lead_key)]) == 0
+    args = ["site", "approve", str(config), str(study), "--yes"]
+    assert main([*args, "--lead-key", str(lead_pub)]) == 0
+    assert "pinned the consortium lead key" in capsys.readouterr().out
+    assert pinned.read_bytes() == lead_pub.read_bytes()
+    other = generate_key()
+    other_pub = tmp_path / "other.pub"
+    write_public_key(other, other_pub)
+    assert main([*args, "--lead-key", str(other_pub)]) == 2
+    err = capsys.readouterr().err
+    assert "is not the lead key pinned at this site" in err and "Fix:" in err
+    assert pinned.read_bytes() == lead_pub.read_bytes()
