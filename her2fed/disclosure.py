@@ -48,7 +48,7 @@ nothing a site's policy would not.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -425,17 +425,11 @@ def release_attrition(
     return AttritionRelease(
         AttritionCounts(**arrays),
         a3_table,
-        Release(
-            rule.min_cell,
-            rule.min_at_risk,
-            truncated_series=a3.truncated_series,
-            suppressed_series=a3.suppressed_series,
-            merged_bins=a3.merged_bins,
-            released_bins=a3.released_bins,
+        replace(
+            a3,  # what the A3 table's release did, plus the line-level rules
             top_slot=top,
             suppressed_groups=suppressed,
             withheld_cells=int(sum(m.sum() for m in withheld.values())),
-            blocks=a3.blocks,
         ),
         withheld,
         withheld_total,
