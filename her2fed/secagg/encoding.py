@@ -185,14 +185,20 @@ class Encoding:
         limit, and scaling up never rounds), as is ``rint``; the split of
         ``|z|`` is exact as argued in the module docstring.
         """
-        z = np.rint(floats * 2.0**self.frac_bits)
-        rest = np.abs(z)
+        z = floats * 2.0**self.frac_bits
+        np.rint(z, out=z)
+        negative = np.signbit(z)
+        rest = np.abs(z, out=z)  # in place: the split below works on |z|, signs come last
         out = np.empty((self.limbs, floats.shape[0]), np.int64)
+        top = np.empty_like(rest)
         for k in range(self.limbs - 1, 0, -1):
-            top = np.floor(rest * 2.0 ** (-LIMB_BITS * k))
-            rest -= top * 2.0 ** (LIMB_BITS * k)
-            out[k] = np.copysign(top, z)
-        out[0] = np.copysign(rest, z)
+            np.multiply(rest, 2.0 ** (-LIMB_BITS * k), out=top)
+            np.floor(top, out=top)
+            out[k] = top
+            np.multiply(top, 2.0 ** (LIMB_BITS * k), out=top)
+            rest -= top
+        out[0] = rest
+        np.negative(out, out=out, where=negative)  # every limb carries the sign of z
         return out
 
     def encode(self, ints: ArrayLike, floats: ArrayLike) -> Ring:
