@@ -56,13 +56,12 @@ from bench.common import (
     section,
 )
 from coordinator.orchestrate import StudyOutcome, run_study
-from coordinator.transport import Failing
 from her2fed.cox import CoxResult
 from her2fed.disclosure import ReleaseRule
 from her2fed.protocol import Query
 from her2fed.secagg import prg
 from her2fed.summary import Additive
-from site_agent.handlers import Released
+from site_agent.handlers import Failing, Released
 
 BEFORE = "0d42bf4"  # the last commit before this pass
 CONFIGS = (

@@ -54,7 +54,6 @@ from coordinator.results import pooled_json
 from coordinator.transport import (
     ROUNDS_PER_SESSION,
     AggregationError,
-    Failing,
     InProcessTransport,
     merge_failing,
     reuse_session,
@@ -73,7 +72,7 @@ from her2fed.secagg.site import SiteSession
 from her2fed.study import Study, parse_analysis
 from her2fed.summary import Additive, flatten_all, split_flat
 from site_agent.config import Policy, SiteConfig
-from site_agent.handlers import Released, SiteAgent
+from site_agent.handlers import Failing, Released, SiteAgent
 
 SITES_FULL = (3, 10, 30, 100)
 SITES_QUICK = (3, 10, 30)

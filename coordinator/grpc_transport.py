@@ -21,7 +21,6 @@ from coordinator.transport import (
     MIN_SECURE_SITES,
     ROUNDS_PER_SESSION,
     AggregationError,
-    Failing,
     SecureStats,
     SitesDropped,
     merge_failing,
@@ -42,7 +41,7 @@ from site_agent.federation.study_handler import (
     encode_queries,
     encode_release,
 )
-from site_agent.handlers import Released
+from site_agent.handlers import Failing, Released
 
 
 class GrpcTransport:

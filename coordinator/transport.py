@@ -25,7 +25,7 @@ from her2fed.secagg.driver import Consortium, SteppedSession, simulated_consorti
 from her2fed.secagg.errors import SessionAbortedError
 from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
 from her2fed.summary import Additive, flatten_all, merge, split_flat
-from site_agent.handlers import Released, SiteAgent
+from site_agent.handlers import Failing, Released, SiteAgent
 from site_agent.policy import check_participants
 
 MIN_SECURE_SITES = 3
@@ -82,10 +82,6 @@ class SitesDropped(Her2fedError):
 
 class AggregationError(Her2fedError):
     """Secure aggregation refused to release a sum (too few sites, a broken session)."""
-
-
-Failing = dict[str, dict[int, list[int]]]
-"""Analysis id -> series -> merged-bin ends that a site's leave-one-out check refused."""
 
 
 def merge_failing(replies: Iterable[Failing]) -> Failing:

@@ -32,6 +32,9 @@ from site_agent.sources import load_site_registry, load_site_table
 Released = tuple[EventTable, int | None]
 """A released event table and, for attrition, the line slot later slots were merged into."""
 
+Failing = dict[str, dict[int, list[int]]]
+"""Leave-one-out refusals: analysis id -> series -> last bins of the refused merged bins."""
+
 
 class SiteAgent:
     def __init__(
@@ -192,7 +195,7 @@ class SiteAgent:
                 self._own[q.analysis_id] = summary
         return privatize(self, queries, out, n_sites)
 
-    def check_release(self, releases: Mapping[str, Released]) -> dict[str, dict[int, list[int]]]:
+    def check_release(self, releases: Mapping[str, Released]) -> Failing:
         """Leave-one-out: per analysis, the released bins that, minus this site's own rows,
         leave other hospitals' counts of 1..min_cell-1 (empty: the site agrees).
 
@@ -201,7 +204,7 @@ class SiteAgent:
         """
         if self.study.dp_noise_variance > 0:
             return {}
-        failing: dict[str, dict[int, list[int]]] = {}
+        failing: Failing = {}
         for aid, (released, top_slot) in releases.items():
             own = self._own.get(aid)
             if own is None:

@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
@@ -39,6 +38,7 @@ import pytest
 
 from site_agent.federation.processes import free_port
 from tests.rehearsal import approve
+from tests.watchdog import module_watchdog
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).parent / "her2fed")
@@ -49,22 +49,7 @@ WATCHDOG_SECONDS = 150
 T = 60.0
 
 
-class Watchdog(Exception):
-    pass
-
-
-@pytest.fixture(scope="module", autouse=True)
-def watchdog() -> Iterator[None]:
-    def fire(signum: int, frame: FrameType | None) -> None:
-        raise Watchdog(f"deployed-federation tests took more than {WATCHDOG_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(WATCHDOG_SECONDS)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+watchdog = module_watchdog(WATCHDOG_SECONDS, "deployed-federation tests")
 
 
 def marked(token: str) -> list[psutil.Process]:

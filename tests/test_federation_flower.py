@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import httpx
 import psutil
@@ -27,6 +26,7 @@ from coordinator.federation.server import SitesFailed
 from site_agent.federation.fab import FAB_NAME, FAB_PUBLISHER, SERVERAPP, build_fab, pyproject
 from site_agent.federation.keys import write_supernode_key
 from site_agent.federation.selftest import decode_int, encode_int
+from tests.watchdog import module_watchdog
 
 SITES = ["athens", "oslo", "munich"]
 STUDY = "sha256:" + "c0" * 32
@@ -34,22 +34,7 @@ WATCHDOG_SECONDS = 150
 T = 45.0
 
 
-class Watchdog(Exception):
-    pass
-
-
-@pytest.fixture(scope="module", autouse=True)
-def watchdog() -> Iterator[None]:
-    def fire(signum: int, frame: FrameType | None) -> None:
-        raise Watchdog(f"federation tests took more than {WATCHDOG_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(WATCHDOG_SECONDS)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+watchdog = module_watchdog(WATCHDOG_SECONDS, "federation tests")
 
 
 @pytest.fixture(scope="module")

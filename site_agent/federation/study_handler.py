@@ -52,14 +52,11 @@ from site_agent.config import load_site
 from site_agent.federation.client import Handler, SiteRefusal
 from site_agent.federation.keys import KeyFileError, read_private_key
 from site_agent.federation.session import SessionInfo
-from site_agent.handlers import Released, SiteAgent
+from site_agent.handlers import Failing, Released, SiteAgent
 from site_agent.policy import check_participants, check_study
 from site_agent.site_files import site_files
 
 log = logging.getLogger("her2fed.federation.site")
-
-Failing = dict[str, dict[int, list[int]]]
-"""Analysis id -> series -> merged-bin ends refused by leave-one-out (as in the transport)."""
 
 # session ids this site process has taken part in (a session id is never accepted twice)
 _USED_SESSIONS: set[bytes] = set()
@@ -164,10 +161,14 @@ def encode_layouts(answers: Sequence[Additive]) -> bytes:
 DP_DELTA = 1e-6
 """The delta at which the audit log states each round's DP cost as epsilon."""
 
-AUDIT_UNAVAILABLE = (
-    "the site's audit log cannot be written, so the site sends nothing; its IT checks the log "
-    "with `her2fed site audit verify SITE.toml`"
-)
+class AuditUnavailable(SiteRefusal):
+    """The audit log cannot be written: the site sends nothing (and cannot log this either)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the site's audit log cannot be written, so the site sends nothing; its IT checks "
+            "the log with `her2fed site audit verify SITE.toml`"
+        )
 
 
 def _require_own_key(path: Path, running: Ed25519PrivateKey) -> None:
@@ -265,7 +266,7 @@ class StudySession:
             write()
         except (AuditError, OSError) as err:
             log.error("audit log %s: %s", self.files.audit_log, err)
-            raise SiteRefusal(AUDIT_UNAVAILABLE) from None
+            raise AuditUnavailable() from None
 
     def _received(
         self,
@@ -314,7 +315,7 @@ class StudySession:
         return reply
 
     def _refused(self, step: str, err: Exception) -> None:
-        if str(err) == AUDIT_UNAVAILABLE:
+        if isinstance(err, AuditUnavailable):
             return
         try:
             self.audit.record_refusal(
