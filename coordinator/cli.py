@@ -182,8 +182,9 @@ def _require_approved(loaded: LoadedStudy, configs: dict[str, SiteConfig]) -> No
         raise SpecError(
             str(loaded.path),
             f"not every site is ready to answer this study ({loaded.hash})",
-            "see below; a rehearsal follows the real steps (docs/deploy.md): `her2fed study "
-            "keygen`, `her2fed study sign`, and at each site `her2fed site approve`\n  "
+            "see below; a rehearsal takes the real steps (README, consortium lead guide; `make "
+            "demo` runs them): `her2fed study keygen`, `her2fed study sign`, and at each site "
+            "`her2fed site keys` and `her2fed site approve`\n  "
             + "\n  ".join(problems),
         )
 

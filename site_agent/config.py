@@ -307,9 +307,10 @@ def _policy(raw: Any, path: Path) -> Policy:
         if want is float and type(value) is int:
             value = float(value)
         if type(value) is not want or (want in (int, float) and value < 0):
+            kind = {bool: "true or false", int: "a whole number >= 0", float: "a number >= 0"}
             raise SpecError(
                 _where(path, f"policy.{key}"),
-                f"must be a {want.__name__}, got {value!r}",
+                f"must be {kind.get(want, want.__name__)}, got {value!r}",
                 f"e.g. {key} = {getattr(defaults, key)!r}".replace("False", "false"),
             )
         values[key] = value

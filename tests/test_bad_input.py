@@ -190,7 +190,7 @@ SITE_ERRORS = [
     (
         '[site]\nid = "s"\ncountry = "GR"\n[data.analysis]\npath = "analysis.csv"\n'
         '[policy]\nmin_cell = "five"\n',
-        "must be a int",
+        "must be a whole number >= 0",
         "min_cell = 5",
     ),
 ]
