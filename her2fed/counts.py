@@ -69,13 +69,12 @@ def event_table(
     """
     bins, ev = grid.bin(time, event)
     nb = grid.n_bins
-    cell = (stratum * n_groups + group) * nb + bins
-    is_event = ev > 0
-    ev_idx = ((stratum * n_groups + group) * n_causes + (ev - 1)) * nb + bins
-    events = np.bincount(ev_idx[is_event], minlength=n_strata * n_groups * n_causes * nb)
-    censored = np.bincount(cell[~is_event], minlength=n_strata * n_groups * nb)
+    # one pass: slot 0 of the cause axis counts censorings, slots 1..K the causes
+    slot = ((stratum * n_groups + group) * (n_causes + 1) + ev) * nb + bins
+    counts = np.bincount(slot, minlength=n_strata * n_groups * (n_causes + 1) * nb)
+    counts = counts.astype(np.int64).reshape(n_strata, n_groups, n_causes + 1, nb)
     return EventTable(
-        events=events.astype(np.int64).reshape(n_strata, n_groups, n_causes, nb),
-        censored=censored.astype(np.int64).reshape(n_strata, n_groups, nb),
+        events=np.ascontiguousarray(counts[:, :, 1:]),
+        censored=np.ascontiguousarray(counts[:, :, 0]),
         dropped=np.array([dropped], dtype=np.int64),
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -150,7 +150,6 @@ def cox_rows(
         at = np.minimum(np.searchsorted(ends, cell), ends.size - 1)
         cell = np.where(late, stratum_last, ends[at])
         ev, cell, x = ev[keep], cell[keep], x[keep]
-    xt = np.ascontiguousarray((x - np.asarray(center, dtype=np.float64)).T)
     dead = ev > 0
     # rows sorted by cell: every Newton step then sums contiguous runs (np.add.reduceat)
     # instead of one weighted bincount per sum; numpy sorts 16-bit keys by radix, so a
@@ -160,18 +159,35 @@ def cox_rows(
     dead_rows = dead_rows[np.argsort(key[dead_rows], kind="stable")]
     cens_rows = cens_rows[np.argsort(key[cens_rows], kind="stable")]
     dead_cell, cens_cell = cell[dead_rows], cell[cens_rows]
+    # deaths then censorings, centred and transposed (every covariate one contiguous
+    # row): gathering whole rows first is the cheap order of the two copies
+    order = np.concatenate([dead_rows, cens_rows])
+    xt = np.empty((x.shape[1], order.size))
+    np.subtract(np.take(x, order, axis=0).T, np.asarray(center, dtype=np.float64)[:, None], out=xt)
     return CoxRows(
         center=center,
         n_strata=n_strata,
         n_bins=grid.n_bins,
         bins=merged,
         dead_cell=dead_cell,
-        dead_xt=np.ascontiguousarray(xt[:, dead_rows]),
+        dead_xt=xt[:, : dead_rows.size],
         cens_cell=cens_cell,
-        cens_xt=np.ascontiguousarray(xt[:, cens_rows]),
+        cens_xt=xt[:, dead_rows.size :],
         dead_runs=_runs(dead_cell),
         cens_runs=_runs(cens_cell),
     )
+
+
+def recentred(rows: CoxRows, center: tuple[float, ...]) -> CoxRows:
+    """The same arrangement about another centre.
+
+    A site's own fit centres on its own means before the pooled means are
+    known; shifting the sorted design costs one pass, where arranging it
+    again costs a sort and two gathers. Centring changes no derivative (the
+    shift cancels in every risk-set ratio), only the rounding of the sums.
+    """
+    shift = (np.asarray(rows.center) - np.asarray(center, dtype=np.float64))[:, None]
+    return replace(rows, center=center, dead_xt=rows.dead_xt + shift, cens_xt=rows.cens_xt + shift)
 
 
 def _runs(sorted_cells: IntArray) -> tuple[IntArray, IntArray]:
@@ -184,18 +200,19 @@ def _runs(sorted_cells: IntArray) -> tuple[IntArray, IntArray]:
 
 _SCRATCH = threading.local()
 
+CHUNK_ROWS = 8192
+"""Rows summed per pass: the (1 + p + p(p+1)/2, rows) work block of a pass stays
+within a few MB (cache-sized) whatever the site's size; a whole-site block was
+~80 MB at 200,000 rows and no faster."""
 
-def _scratch(rows: int, cols: int) -> FloatArray:
-    """A (rows, cols) work block reused across Newton steps of this thread.
 
-    The block is tens of MB at 200,000 rows; allocating it afresh every step
-    costs more in page faults than the reduction it feeds.
-    """
+def _scratch(size: int) -> FloatArray:
+    """A work buffer reused across the passes and Newton steps of this thread."""
     buf: FloatArray | None = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.size < rows * cols:
-        buf = np.empty(rows * cols)
+    if buf is None or buf.size < size:
+        buf = np.empty(size)
         _SCRATCH.buf = buf
-    return buf[: rows * cols].reshape(rows, cols)
+    return buf[:size]
 
 
 def _cell_sums(
@@ -203,25 +220,34 @@ def _cell_sums(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Per-cell sums of w, w*x and w*x*x^T with w = exp(x.beta); x given as rows of xt.
 
-    The rows are sorted by cell (``cox_rows``), so every sum is one
-    ``reduceat`` over the cells' contiguous ``runs`` of a (1 + p + p(p+1)/2, n)
-    block.
+    The rows are sorted by cell (``cox_rows``), so every sum is a ``reduceat``
+    over the cells' contiguous ``runs``, taken ``CHUNK_ROWS`` rows at a time (a
+    cell whose run crosses a chunk edge gets its two parts added).
     """
     p, n = xt.shape
     iu, ju = np.triu_indices(p)
-    if n == 0:
-        return np.zeros(n_cells), np.zeros((n_cells, p)), np.zeros((n_cells, iu.size))
-    lin = np.zeros(n)
-    for a in range(p):  # p axpy's: no BLAS thread start-up on a matrix-vector product
-        lin += beta[a] * xt[a]
-    block = _scratch(1 + p + iu.size, n)
-    np.exp(lin, out=block[0])
-    np.multiply(xt, block[0], out=block[1 : 1 + p])
-    for k, (i, j) in enumerate(zip(iu, ju, strict=True)):
-        np.multiply(block[1 + i], xt[j], out=block[1 + p + k])
+    k = 1 + p + iu.size
+    sums = np.zeros((k, n_cells))
     present, starts = runs
-    sums = np.zeros((block.shape[0], n_cells))
-    sums[:, present] = np.add.reduceat(block, starts, axis=1)
+    work = _scratch((k + 1) * min(n, CHUNK_ROWS))
+    for r0 in range(0, n, CHUNK_ROWS):
+        r1 = min(n, r0 + CHUNK_ROWS)
+        m = r1 - r0
+        first = int(np.searchsorted(starts, r0, side="right")) - 1  # the run holding row r0
+        end = int(np.searchsorted(starts, r1, side="left"))
+        seg = starts[first:end] - r0
+        seg[0] = 0
+        x = xt[:, r0:r1]
+        block = work[: k * m].reshape(k, m)
+        lin = work[k * m : (k + 1) * m]
+        lin.fill(0.0)
+        for a in range(p):  # axpy's: no BLAS thread start-up on a matrix-vector product
+            lin += beta[a] * x[a]
+        np.exp(lin, out=block[0])
+        np.multiply(x, block[0], out=block[1 : 1 + p])
+        for q, (i, j) in enumerate(zip(iu, ju, strict=True)):
+            np.multiply(block[1 + i], x[j], out=block[1 + p + q])
+        sums[:, present[first:end]] += np.add.reduceat(block, seg, axis=1)
     s0: FloatArray = sums[0]
     s1: FloatArray = np.ascontiguousarray(sums[1 : 1 + p].T)
     s2: FloatArray = np.ascontiguousarray(sums[1 + p :].T)
@@ -267,30 +293,32 @@ def derivs_from_sums(sums: CoxSums, beta: FloatArray, ties: Ties) -> CoxDerivs:
     d = sums.death_n
     st, bn = np.nonzero(d > 0)
     counts = d[st, bn]
-    # one entry per (time, l) pair
-    owner = np.repeat(np.arange(st.size), counts)
+    # one entry per (time, l) pair, the pairs of each time contiguous
     starts = np.cumsum(counts) - counts
-    ell = np.arange(owner.size) - np.repeat(starts, counts)
-    frac = ell / counts[owner] if ties == "efron" else np.zeros(owner.size)
+    owner = np.repeat(np.arange(st.size), counts)
+    if ties == "efron":
+        frac = (np.arange(owner.size) - starts[owner]) / counts[owner]
+    else:
+        frac = np.zeros(owner.size)
     phi = s0[st, bn][owner] - frac * sums.death_w[st, bn][owner]
     if np.any(phi <= 0) or not np.all(np.isfinite(phi)):
         return CoxDerivs(np.array([-np.inf]), np.zeros_like(beta), np.zeros((beta.size, beta.size)))
-
-    def per_time(v: FloatArray) -> FloatArray:
-        return np.bincount(owner, weights=v, minlength=st.size).astype(np.float64)
-
-    a0, a1 = per_time(1 / phi), per_time(frac / phi)
-    b0, b1, b2 = per_time(phi**-2), per_time(frac * phi**-2), per_time(frac**2 * phi**-2)
+    # per time: sums over l of 1/phi, c/phi, 1/phi^2, c/phi^2, c^2/phi^2 and log phi
+    terms = np.empty((6, owner.size))
+    np.divide(1.0, phi, out=terms[0])
+    np.multiply(frac, terms[0], out=terms[1])
+    np.multiply(terms[0], terms[0], out=terms[2])
+    np.multiply(frac, terms[2], out=terms[3])
+    np.multiply(frac, terms[3], out=terms[4])
+    np.log(phi, out=terms[5])
+    per_time = np.add.reduceat(terms, starts, axis=1) if owner.size else np.zeros((6, 0))
+    a0, a1, b0, b1, b2, log_phi = per_time
     S1, D1 = s1[st, bn], sums.death_wx[st, bn]
     S2, D2 = s2[st, bn], sums.death_wxx[st, bn]
-    loglik = float(sums.death_x @ beta - per_time(np.log(phi)).sum())
+    loglik = float(sums.death_x @ beta - log_phi.sum())
     grad = sums.death_x - (S1 * a0[:, None] - D1 * a1[:, None]).sum(axis=0)
-    outer = (
-        np.einsum("t,ta,tb->ab", b0, S1, S1)
-        - np.einsum("t,ta,tb->ab", b1, S1, D1)
-        - np.einsum("t,ta,tb->ab", b1, D1, S1)
-        + np.einsum("t,ta,tb->ab", b2, D1, D1)
-    )
+    cross = S1.T @ (b1[:, None] * D1)
+    outer = S1.T @ (b0[:, None] * S1) - cross - cross.T + D1.T @ (b2[:, None] * D1)
     packed = a0 @ S2 - a1 @ D2  # the weighted sum, still as an upper triangle
     iu, ju = np.triu_indices(beta.size)
     second = np.empty((beta.size, beta.size))
@@ -324,8 +352,10 @@ def local_fit(rows: CoxRows, ties: Ties, max_iter: int = 20) -> CoxLocalFit:
     gen = newton(p, max_iter=max_iter, eps=LOCAL_FIT_EPS)
     beta = next(gen)
     try:
-        while True:
-            beta = gen.send(derivs_from_sums(cox_sums(rows, beta), beta, ties))
+        # a small site's fit may run off (separation); the overflow is caught below
+        with np.errstate(over="ignore", invalid="ignore"):
+            while True:
+                beta = gen.send(derivs_from_sums(cox_sums(rows, beta), beta, ties))
     except StopIteration as stop:
         outcome: NewtonOutcome = stop.value
     except EstimationError:

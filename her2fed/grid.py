@@ -60,6 +60,8 @@ class TimeGrid:
         time = np.asarray(time, dtype=np.float64)
         event = np.asarray(event, dtype=np.int64)
         beyond = time > self.horizon_days
-        capped = np.where(beyond, float(self.horizon_days), time)
-        bins = np.ceil(capped / self.grid_days).astype(np.int64)
-        return bins, np.where(beyond, 0, event)
+        capped = np.minimum(time, float(self.horizon_days))
+        if self.grid_days != 1:
+            capped = np.ceil(capped / self.grid_days)
+        bins = np.ceil(capped).astype(np.int64)
+        return bins, (np.where(beyond, 0, event) if beyond.any() else event)

@@ -22,6 +22,7 @@ from her2fed.cox import (
     cox_sums,
     derivs_from_sums,
     local_fit,
+    recentred,
 )
 from her2fed.errors import ProtocolError
 from her2fed.grid import FloatArray, IntArray, TimeGrid
@@ -194,9 +195,14 @@ def local_summary(
             own_center or (0.0,) * rows.x.shape[1],
             analysis.n_strata,
         )
+        if cox_cache is not None:  # the pooled steps on the same bins only re-centre it
+            cox_cache[analysis.id] = own
         return local_fit(own, analysis.ties)
     cache = {} if cox_cache is None else cox_cache
     arranged = cache.get(analysis.id)
+    if arranged is not None and arranged.bins == query.bins and arranged.center != query.center:
+        arranged = recentred(arranged, query.center)
+        cache[analysis.id] = arranged
     if arranged is None or arranged.center != query.center or arranged.bins != query.bins:
         if query.bins and query.bins[-1] >= analysis.n_strata * grid.n_bins:
             raise ProtocolError(f"query for analysis {analysis.id!r} names bins past the grid")
