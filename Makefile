@@ -62,6 +62,7 @@ BENCH_ARGS = $(if $(QUICK),--quick,) --markdown BENCHMARKS.md
 bench: setup
 	$(PY) -m bench.bench_exactness --markdown BENCHMARKS.md
 	$(PY) -m bench.bench_core $(BENCH_ARGS)
+	$(PY) -m bench.bench_limits $(BENCH_ARGS)
 	$(PY) -m bench.bench_optimisation $(BENCH_ARGS)
 	$(PY) -m bench.bench_secagg $(BENCH_ARGS)
 	$(PY) -m bench.bench_scale $(BENCH_ARGS)
