@@ -57,6 +57,8 @@ T = TypeVar("T")
 @dataclass
 class Primitives:
     ring_mb: float
+    limbs: int
+    limb_bits: int
     mask_mbs: float
     encode_mbs: float
     decode_mbs: float
@@ -76,7 +78,14 @@ def measure_primitives(repeats: int) -> Primitives:
     total = sum((enc.encode(ints, floats) for _ in range(TYPICAL_SITES)), start=np.zeros_like(ring))
     t_dec, _ = best_of(repeats, lambda: enc.decode(total))
     input_mb = 8 * (n_ints + n_floats) / 1e6
-    return Primitives(nbytes / 1e6, nbytes / 1e6 / t_mask, input_mb / t_enc, input_mb / t_dec)
+    return Primitives(
+        nbytes / 1e6,
+        enc.limbs,
+        enc.limb_bits,
+        nbytes / 1e6 / t_mask,
+        input_mb / t_enc,
+        input_mb / t_dec,
+    )
 
 
 # ---------------------------------------------------------------- timed sessions
@@ -359,7 +368,8 @@ def report(p: Primitives, setups: Sequence[SetupCost], ty: Typical, n_rounds: in
         f"| decode (ring sum -> ints + floats; MB of output) | {p.decode_mbs:,.0f} MB/s |",
         "",
         f"Ring vector of the typical study vector: {p.ring_mb:.1f} MB "
-        f"({n_ints:,} ints + {n_floats:,} floats x 3 limbs, 8 bytes each).",
+        f"({n_ints:,} ints + {n_floats:,} floats x {p.limbs} limbs of {p.limb_bits} bits, "
+        f"8 bytes each: {TYPICAL_SITES} sites use the default format).",
         "",
         f"#### Key set-up per session ({n_rounds} rounds of keys and seeds)",
         "",

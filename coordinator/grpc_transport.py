@@ -89,7 +89,7 @@ class GrpcTransport:
             "masking) over the gRPC aggregation channel (TLS), sessions opened through Flower",
             "sessions": self.stats.sessions,
             "rounds": self.stats.rounds,
-            "float_encoding": "fixed point, 3 x 32-bit limbs, 48 fractional bits",
+            "float_encoding": self.stats.float_encoding(len(self._sites)),
             "max_float_error_bound": self.stats.max_float_error,
             "dropouts": dict(self.dropouts),
         }
@@ -159,7 +159,7 @@ class GrpcTransport:
         self._secagg({s: b.to_bytes() for s, b in c.share_bundles().items()})
         self._secure = c
         self._rounds_in_session = 0
-        self.stats.sessions += 1
+        self.stats.opened(config)
         return c
 
     def _secagg(self, payloads: Mapping[str, bytes]) -> dict[str, bytes]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -22,6 +22,7 @@ from her2fed.protocol import Query
 from her2fed.secagg.config import SessionConfig
 from her2fed.secagg.coordinator import SecureSum
 from her2fed.secagg.driver import Consortium, SteppedSession, simulated_consortium
+from her2fed.secagg.encoding import FRAC_BITS, default_format, describe_format
 from her2fed.secagg.errors import SessionAbortedError
 from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
 from her2fed.summary import Additive, flatten_all, merge, split_flat
@@ -122,6 +123,20 @@ class SecureStats:
     sessions: int = 0
     rounds: int = 0
     max_float_error: float = 0.0
+    float_formats: list[str] = field(default_factory=list)
+
+    def opened(self, config: SessionConfig) -> None:
+        """Count a session and note its float format (it depends on the roster size)."""
+        self.sessions += 1
+        described = config.encoding.description
+        if described not in self.float_formats:
+            self.float_formats.append(described)
+
+    def float_encoding(self, n_sites: int) -> str:
+        """The float format(s) the sessions used; before any, the one a session would use."""
+        if not self.float_formats:
+            return describe_format(*default_format(n_sites), FRAC_BITS)
+        return "; ".join(self.float_formats)
 
     def record(self, total: SecureSum) -> None:
         self.rounds += 1
@@ -199,7 +214,7 @@ class InProcessTransport:
             "masking), in-process message passing",
             "sessions": self.stats.sessions,
             "rounds": self.stats.rounds,
-            "float_encoding": "fixed point, 3 x 32-bit limbs, 48 fractional bits",
+            "float_encoding": self.stats.float_encoding(len(self._agents)),
             "max_float_error_bound": self.stats.max_float_error,
         }
 
@@ -239,7 +254,7 @@ class InProcessTransport:
                 rng=self._rng,
             )
             self._session = s
-            self.stats.sessions += 1
+            self.stats.opened(s.config)
         pad_i, pad_f = s.config.n_ints - n_ints, s.config.n_floats - n_floats
         inputs = {
             site: (np.pad(i, (0, pad_i)), np.pad(f, (0, pad_f))) for site, (i, f) in flat.items()

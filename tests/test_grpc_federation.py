@@ -156,6 +156,9 @@ def test_a_site_killed_mid_study_is_named_and_the_rest_finish(
     assert any("extra" in m and "restarting" in m for m in messages), messages
     assert outcome.sites == ("athens", "munich", "oslo")
     assert "extra" in outcome.aggregation["dropouts"]  # type: ignore[operator]
+    assert outcome.aggregation["float_encoding"] == (
+        "fixed point, 2 x 48-bit limbs, 48 fractional bits"  # the sessions' format, not a label
+    )
     agents = [
         SiteAgent(load_site(generic_sites[s]), loaded.study) for s in ("athens", "munich", "oslo")
     ]

@@ -36,6 +36,7 @@ from her2fed.secagg.errors import (
     EncodingError,
     InconsistentSurvivorsError,
     KeyMismatchError,
+    MalformedMessageError,
     OutOfOrderError,
     ReplayError,
     SecAggError,
@@ -421,6 +422,65 @@ def test_three_sites_with_two_left_release_nothing() -> None:
     lie = h.forge(ConsistencyRequest, participants=tuple(h.names), survivors=("s0", "s1"))
     with pytest.raises(TooFewSitesError):
         h.sites["s0"].consistency(lie)
+
+
+# ---------------------------------------------------------------- the float format
+
+
+def test_session_open_states_the_float_format_and_it_is_signed() -> None:
+    h = Harness(n=5)
+    assert (h.config.limbs, h.config.limb_bits, h.config.frac_bits) == (2, 48, 48)
+    signed = h.config.open_message().signed(h.ck)
+    raw = signed.to_bytes()
+    back = messages.SessionOpen.from_bytes(raw)
+    assert back == signed and (back.limbs, back.limb_bits, back.frac_bits) == (2, 48, 48)
+    assert SessionConfig.from_open(back) == h.config
+    wide = SessionConfig.create(
+        h.names, n_rounds=1, n_ints=1, n_floats=1, rng=h.rng, limbs=3, limb_bits=32
+    )
+    again = messages.SessionOpen.from_bytes(wide.open_message().signed(h.ck).to_bytes())
+    assert (again.limbs, again.limb_bits) == (3, 32)
+    assert SessionConfig.from_open(again) == wide
+    assert wide.encoding.ring_length == 1 + 3 and h.config.encoding.ring_length == N_INTS + 8
+    # the payload ends limbs, limb_bits, frac_bits, threshold (u32 each)
+    at = len(raw) - messages.SIGNATURE_BYTES - 12
+    assert raw[at - 4 : at + 8] == b"".join(x.to_bytes(4, "big") for x in (2, 48, 48))
+    with pytest.raises(MalformedMessageError, match="float format must be stated"):
+        messages.decode(raw[:at] + bytes(4) + raw[at + 4 :])
+    with pytest.raises(MalformedMessageError, match="float format must be stated"):
+        dataclasses.replace(signed, limbs=0, limb_bits=0)
+    # a well-formed message with another limb width is not what the coordinator signed
+    tampered = messages.SessionOpen.from_bytes(raw[:at] + (32).to_bytes(4, "big") + raw[at + 4 :])
+    assert tampered.limb_bits == 32
+    with pytest.raises(BadSignatureError):
+        h.sites["s0"].open(tampered)
+    h.sites["s1"].open(back)  # the genuine message is accepted
+
+
+def test_sites_refuse_a_float_format_invalid_for_the_roster() -> None:
+    """The coordinator signs the format, but a site checks it against the roster itself."""
+    h = Harness(n=3)
+    opened = h.config.open_message()
+    too_wide = dataclasses.replace(opened, limbs=3, limb_bits=48).signed(h.ck)
+    with pytest.raises(ConfigError, match="span 144 bits"):
+        h.sites["s0"].open(too_wide)
+    # 48-bit limbs over 2^14 + 1 sites: a limb-wise sum could come within a bit of wrapping
+    roster = tuple(sorted({*h.names, *(f"x{i:05d}" for i in range(2**14 - 2))}))
+    assert len(roster) == 2**14 + 1
+    crowded = dataclasses.replace(opened, roster=roster, threshold=2**13 + 1)
+    with pytest.raises(ConfigError, match="48-bit limbs allow at most 16384 sites"):
+        h.sites["s1"].open(crowded.signed(h.ck))
+    # not vacuous: the same roster in 3 x 32-bit limbs is a valid session (the default for it)
+    fine = dataclasses.replace(crowded, limbs=3, limb_bits=32)
+    assert SessionConfig.from_open(fine).encoding.limb_bits == 32
+    made = SessionConfig.create(roster, n_rounds=1, n_ints=1, n_floats=1, rng=h.rng)
+    assert (made.limbs, made.limb_bits) == (3, 32)
+    with pytest.raises(ConfigError, match="at most 16384 sites"):
+        SessionConfig.create(
+            roster, n_rounds=1, n_ints=1, n_floats=1, rng=h.rng, limbs=2, limb_bits=48
+        )
+    with pytest.raises(ConfigError, match="both limbs and limb_bits"):
+        SessionConfig.create(h.names, n_rounds=1, n_ints=1, n_floats=1, rng=h.rng, limbs=2)
 
 
 # ---------------------------------------------------------------- replay, other sessions

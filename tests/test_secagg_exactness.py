@@ -18,12 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from her2fed.secagg import SecureSum, default_threshold
+from her2fed.secagg import SecureSum, default_threshold, messages
 from her2fed.secagg.driver import (
     SETUP_STEPS,
     SITE_STEPS,
     Consortium,
     Dropout,
+    SecureSumRun,
     SiteStep,
     run_secure_sum,
     simulated_consortium,
@@ -250,3 +251,54 @@ def test_cox_like_loop_feeds_each_round_from_the_previous_sum() -> None:
         assert s.floats[0] == pytest.approx(value, abs=1e-12)
         assert s.ints.tolist() == [5 * r]
     assert len(run.sums) == 4
+
+
+def _fixed(v: float) -> int:
+    """round_half_even(v * 2^F), exactly."""
+    q = Fraction(v) * 2**F
+    fl = q.numerator // q.denominator
+    rem = q - fl
+    return fl + (1 if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and fl % 2) else 0)
+
+
+@pytest.mark.parametrize("n", [4, 20])
+def test_both_float_formats_release_the_same_correctly_rounded_sums(n: int) -> None:
+    """The default 2 x 48-bit limbs carry a third fewer bytes and change no released bit.
+
+    Both formats decode to the exact sum of the sites' fixed-point values
+    rounded once, half-even, to float64 - with a site dropping out, too.
+    """
+    sites = names(n)
+    data = make_inputs(sites, 2, seed=7)
+
+    def run(**fmt: int) -> SecureSumRun:
+        return run_secure_sum(
+            data,
+            consortium=consortium(n),
+            n_ints=N_INTS,
+            n_floats=N_FLOATS,
+            n_rounds=2,
+            dropouts=[Dropout(sites[-1], "masked_input", 1)],
+            rng=SeededRandom(f"formats-{n}"),
+            record=True,
+            **fmt,
+        )
+
+    default, wide = run(), run(limbs=3, limb_bits=32)
+    lengths = {
+        name: {
+            len(messages.MaskedInput.from_bytes(raw).ring())
+            for hop, raw in r.transcript
+            if hop.step is messages.Step.MASKED_INPUT
+        }
+        for name, r in (("default", default), ("3x32", wide))
+    }
+    assert lengths == {"default": {N_INTS + 2 * N_FLOATS}, "3x32": {N_INTS + 3 * N_FLOATS}}
+    for got, ref in zip(default.sums, wide.sums, strict=True):
+        assert got.contributors == ref.contributors
+        np.testing.assert_array_equal(got.ints, ref.ints)
+        np.testing.assert_array_equal(got.floats, ref.floats)
+        for k in range(N_FLOATS):
+            z = sum(_fixed(float(data[s][got.round][1][k])) for s in got.contributors)
+            assert float(got.floats[k]) == z / 2**F
+    assert len(default.sums[1].contributors) == n - 1

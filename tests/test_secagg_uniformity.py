@@ -22,9 +22,11 @@ from scipy import stats
 
 from her2fed.secagg import messages, prg
 from her2fed.secagg.driver import Consortium, run_secure_sum, simulated_consortium
+from her2fed.secagg.encoding import default_format
 from her2fed.secagg.randomness import SeededRandom
 
-N_INTS, N_FLOATS = 16, 16  # ring length 16 + 3 * 16 = 64
+N_INTS, N_FLOATS = 16, 16
+LIMBS = default_format(3)[0]  # 2 limbs of 48 bits: ring length 16 + 2 * 16 = 48
 ALPHA = 1e-3  # fixed seeds: the p-values are deterministic, not flaky
 
 
@@ -74,7 +76,7 @@ def p_values(view: dict[str, NDArray[np.uint64]]) -> dict[str, float]:
 
 def test_masked_vectors_look_uniform(consortium: Consortium) -> None:
     view = views(consortium, 150, "uniform")
-    assert view["a"].shape == (150, N_INTS + 3 * N_FLOATS)
+    assert view["a"].shape == (150, N_INTS + LIMBS * N_FLOATS)
     assert len({row.tobytes() for row in view["a"]}) == 150  # fresh masks every session
     ps = p_values(view)
     assert all(p > ALPHA for p in ps.values()), ps

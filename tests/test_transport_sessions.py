@@ -43,12 +43,14 @@ def test_a_round_that_does_not_fit_or_is_out_of_rounds_gets_a_new_session() -> N
 
 
 def test_padding_beyond_the_allowance_and_a_quarter_of_the_round_means_a_new_session() -> None:
-    long = config(0, 1_000_000)  # 3 million ring elements
+    long = config(0, 1_000_000)  # 2 million ring elements: 2 limbs of 48 bits a float
+    assert long.encoding.ring_length == 2_000_000
     assert reuse_session(long, 1, 0, 1_000_000)
-    assert reuse_session(long, 1, 0, 800_000)  # 600,000 padding <= 2,400,000 / 4
+    assert reuse_session(long, 1, 0, 800_000)  # 400,000 padding <= 1,600,000 / 4
+    assert not reuse_session(long, 1, 0, 700_000)  # 600,000 > max(PAD_ALLOWANCE, 1,400,000 / 4)
     assert not reuse_session(long, 1, 0, 500_000)  # the Cox case: half the vector zeros
     # a vector no longer than the allowance may always be padded to it
-    assert reuse_session(config(0, PAD_ALLOWANCE // 3), 1, 0, 1)
+    assert reuse_session(config(0, PAD_ALLOWANCE // 2), 1, 0, 1)
 
 
 def _cox_agents(n_sites: int) -> tuple[Study, list[SiteAgent]]:
@@ -78,3 +80,5 @@ def test_concurrent_sites_give_bit_identical_results(workers: int) -> None:
     # short vectors: round 1 opens a session, the longer round 2 a second one that the
     # remaining (shorter) Newton rounds share
     assert out.aggregation["sessions"] == 2
+    # provenance names the float format the sessions used (5 sites: the 2 x 48-bit default)
+    assert out.aggregation["float_encoding"] == "fixed point, 2 x 48-bit limbs, 48 fractional bits"

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from her2fed.secagg import wire
-from her2fed.secagg.encoding import Encoding
+from her2fed.secagg.encoding import FRAC_BITS, Encoding, default_format
 from her2fed.secagg.errors import ConfigError, TooFewSitesError
 from her2fed.secagg.messages import SESSION_ID_BYTES, SessionOpen, ids
 from her2fed.secagg.randomness import RandomSource
@@ -36,16 +36,22 @@ def default_threshold(n_sites: int) -> int:
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """Everything public about a session; both sides derive their checks from it."""
+    """Everything public about a session; both sides derive their checks from it.
+
+    ``limbs = limb_bits = 0`` (the default) picks ``default_format`` for the
+    roster size, as ``threshold = 0`` picks the default threshold; the values
+    chosen are what ``open_message`` states on the wire, explicitly.
+    """
 
     session_id: bytes
     roster: tuple[str, ...]
     n_rounds: int
     n_ints: int
     n_floats: int
-    limbs: int = 3
-    frac_bits: int = 48
+    limbs: int = 0
+    frac_bits: int = FRAC_BITS
     threshold: int = 0
+    limb_bits: int = 0
 
     def __post_init__(self) -> None:
         if len(self.session_id) != SESSION_ID_BYTES:
@@ -65,6 +71,10 @@ class SessionConfig:
             )
         if self.threshold == 0:
             object.__setattr__(self, "threshold", default_threshold(n))
+        if self.limbs == 0 and self.limb_bits == 0:
+            limbs, limb_bits = default_format(n)
+            object.__setattr__(self, "limbs", limbs)
+            object.__setattr__(self, "limb_bits", limb_bits)
         if not default_threshold(n) <= self.threshold <= n:
             raise ConfigError(
                 f"threshold {self.threshold} refused for {n} sites: it must be in "
@@ -95,11 +105,12 @@ class SessionConfig:
         n_ints: int,
         n_floats: int,
         rng: RandomSource,
-        limbs: int = 3,
-        frac_bits: int = 48,
+        limbs: int = 0,
+        limb_bits: int = 0,
+        frac_bits: int = FRAC_BITS,
         threshold: int = 0,
     ) -> SessionConfig:
-        """A new session with a fresh random id."""
+        """A new session with a fresh random id (float format: ``default_format`` unless given)."""
         return cls(
             session_id=rng(SESSION_ID_BYTES),
             roster=tuple(roster),
@@ -107,12 +118,19 @@ class SessionConfig:
             n_ints=n_ints,
             n_floats=n_floats,
             limbs=limbs,
+            limb_bits=limb_bits,
             frac_bits=frac_bits,
             threshold=threshold,
         )
 
     @classmethod
     def from_open(cls, msg: SessionOpen) -> SessionConfig:
+        """The session a coordinator proposes; refused (``ConfigError``) unless every check holds.
+
+        The message states the float format explicitly (it refuses zeros), and
+        ``Encoding`` refuses one that is invalid for the roster size, such as
+        48-bit limbs for more than 2^14 sites.
+        """
         return cls(
             session_id=msg.session_id,
             roster=msg.roster,
@@ -120,6 +138,7 @@ class SessionConfig:
             n_ints=msg.n_ints,
             n_floats=msg.n_floats,
             limbs=msg.limbs,
+            limb_bits=msg.limb_bits,
             frac_bits=msg.frac_bits,
             threshold=msg.threshold,
         )
@@ -127,7 +146,12 @@ class SessionConfig:
     @property
     def encoding(self) -> Encoding:
         return Encoding(
-            self.n_ints, self.n_floats, len(self.roster), limbs=self.limbs, frac_bits=self.frac_bits
+            self.n_ints,
+            self.n_floats,
+            len(self.roster),
+            limbs=self.limbs,
+            limb_bits=self.limb_bits,
+            frac_bits=self.frac_bits,
         )
 
     def check_registered(self, registry: Registry) -> None:
@@ -149,6 +173,7 @@ class SessionConfig:
             n_ints=self.n_ints,
             n_floats=self.n_floats,
             limbs=self.limbs,
+            limb_bits=self.limb_bits,
             frac_bits=self.frac_bits,
             threshold=self.threshold,
         )

@@ -21,6 +21,7 @@ from numpy.typing import ArrayLike
 from her2fed.secagg import messages, wire
 from her2fed.secagg.config import SessionConfig
 from her2fed.secagg.coordinator import CoordinatorSession, SecureSum
+from her2fed.secagg.encoding import FRAC_BITS
 from her2fed.secagg.errors import EncodingError, SecAggError, SessionAbortedError
 from her2fed.secagg.messages import Message, Step
 from her2fed.secagg.randomness import SYSTEM_RANDOM, RandomSource
@@ -140,8 +141,9 @@ def run_secure_sum(
     dropouts: Iterable[Dropout] = (),
     rng: RandomSource = SYSTEM_RANDOM,
     session_id: bytes | None = None,
-    limbs: int = 3,
-    frac_bits: int = 48,
+    limbs: int = 0,
+    limb_bits: int = 0,
+    frac_bits: int = FRAC_BITS,
     threshold: int = 0,
     stop: Callable[[Sequence[SecureSum]], bool] | None = None,
     relay: Relay | None = None,
@@ -154,7 +156,9 @@ def run_secure_sum(
     ``site -> [per round]`` or a callable ``(site, round, sums_so_far)``; ``stop``
     ends the session early (e.g. when Newton converged). ``used_sessions``
     maps a party (site id, or ``wire.COORDINATOR``) to its persistent set of
-    used session ids; by default every party starts with an empty one.
+    used session ids; by default every party starts with an empty one. The
+    float format (``limbs`` of ``limb_bits`` bits) is ``default_format`` for
+    the roster unless both are given.
 
     Sites that abort are recorded in ``site_errors`` and treated as dropped;
     messages the coordinator refuses are recorded in ``rejected``. If the
@@ -172,6 +176,7 @@ def run_secure_sum(
         n_ints=n_ints,
         n_floats=n_floats,
         limbs=limbs,
+        limb_bits=limb_bits,
         frac_bits=frac_bits,
         threshold=threshold,
     )
@@ -349,8 +354,9 @@ class SteppedSession:
         n_floats: int,
         n_rounds: int,
         rng: RandomSource = SYSTEM_RANDOM,
-        limbs: int = 3,
-        frac_bits: int = 48,
+        limbs: int = 0,
+        limb_bits: int = 0,
+        frac_bits: int = FRAC_BITS,
     ) -> None:
         names = tuple(sorted(consortium.site_keys))
         self.config = SessionConfig(
@@ -360,6 +366,7 @@ class SteppedSession:
             n_ints=n_ints,
             n_floats=n_floats,
             limbs=limbs,
+            limb_bits=limb_bits,
             frac_bits=frac_bits,
             threshold=0,
         )

@@ -210,7 +210,13 @@ def decode(data: bytes) -> Message:
 
 @dataclass(frozen=True, kw_only=True)
 class SessionOpen(Message):
-    """Coordinator -> all: the public parameters of a new session."""
+    """Coordinator -> all: the public parameters of a new session.
+
+    The float format (``limbs`` of ``limb_bits`` bits, ``frac_bits``
+    fractional bits) is stated explicitly, never left to a default: every
+    party must encode and decode the same way, and a site checks the format
+    against the roster size before it accepts (``SessionConfig.from_open``).
+    """
 
     STEP: ClassVar[Step] = Step.SESSION_OPEN
     roster: tuple[str, ...]
@@ -218,27 +224,38 @@ class SessionOpen(Message):
     n_ints: int
     n_floats: int
     limbs: int
+    limb_bits: int
     frac_bits: int
     threshold: int
 
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "n_rounds",
+        "n_ints",
+        "n_floats",
+        "limbs",
+        "limb_bits",
+        "frac_bits",
+        "threshold",
+    )
+
     def _validate(self) -> None:
         _check_ids("roster", self.roster)
-        for name in ("n_rounds", "n_ints", "n_floats", "limbs", "frac_bits", "threshold"):
+        for name in self._FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value < 2**32:
                 raise _bad(f"{name} {value!r} out of range")
+        if self.limbs == 0 or self.limb_bits == 0:
+            raise _bad("the float format must be stated: limbs and limb_bits must be >= 1")
 
     def _write(self, w: wire.Writer) -> None:
         w.texts(self.roster)
-        for v in (self.n_rounds, self.n_ints, self.n_floats, self.limbs, self.frac_bits):
-            w.u32(v)
-        w.u32(self.threshold)
+        for name in self._FIELDS:
+            w.u32(getattr(self, name))
 
     @classmethod
     def _read(cls, r: wire.Reader) -> dict[str, Any]:
         roster = r.texts()
-        names = ("n_rounds", "n_ints", "n_floats", "limbs", "frac_bits", "threshold")
-        return {"roster": roster, **{n: r.u32() for n in names}}
+        return {"roster": roster, **{n: r.u32() for n in cls._FIELDS}}
 
 
 @dataclass(frozen=True, kw_only=True)
