@@ -121,7 +121,10 @@ def fmt_mib(n_bytes: float) -> str:
 
 
 def fmt_ratio(x: float) -> str:
-    return "–" if x != x else f"{x:.2f}"
+    """Two decimals, or two significant digits below 0.1 (0.0019 is not 0.00)."""
+    if x != x:
+        return "–"
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
 
 
 # ---------------------------------------------------------------- machine and code
