@@ -163,7 +163,9 @@ def git_state() -> str:
             ).stdout
 
         head = git("rev-parse", "--short", "HEAD").strip()
-        dirty = [line[3:] for line in git("status", "--porcelain", "-uno").splitlines() if line]
+        changed = git("status", "--porcelain", "-uno").splitlines()
+        # BENCHMARKS.md is what the runs write: its own changes say nothing about the code
+        dirty = [line[3:] for line in changed if line and line[3:] != "BENCHMARKS.md"]
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"commit {head}" + (f", uncommitted changes in {', '.join(dirty)}" if dirty else "")
