@@ -245,8 +245,8 @@ def report(
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help=f"{ROWS_QUICK:,} rows per site")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many (default 3)")
+    ap.add_argument("--seed", type=int, default=8, help="seed of the synthetic sites' rows")
     ap.add_argument("--markdown", type=Path, help="write this run's section into this file")
     args = ap.parse_args(argv)
     info = machine()
