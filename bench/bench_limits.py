@@ -45,7 +45,7 @@ import her2fed.cox as cox
 import her2fed.protocol as protocol
 import her2fed.secagg.coordinator as sa_coordinator
 import her2fed.secagg.site as sa_site
-from bench.bench_core import N_SITES, Her2fedRun, her2fed_run, make_sites, study_for
+from bench.bench_core import N_SITES, SEED, Her2fedRun, her2fed_run, make_sites, study_for
 from bench.common import best_of, command_line, fmt_s, log, machine, publish, section
 from her2fed.cox import CoxResult
 from her2fed.estimate import CurvesResult
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help=f"{ROWS_QUICK:,} rows per site")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many (default 3)")
-    ap.add_argument("--seed", type=int, default=8, help="seed of the synthetic sites' rows")
+    ap.add_argument("--seed", type=int, default=SEED, help="seed of the sites' rows (bench_core's)")
     ap.add_argument("--markdown", type=Path, help="write this run's section into this file")
     args = ap.parse_args(argv)
     info = machine()
