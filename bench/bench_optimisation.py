@@ -12,7 +12,8 @@ at, one step at a time, each next to lifelines on the same pooled rows:
    while in cache;
 4. **opt-in: sites on 2 threads** (``InProcessTransport(workers=2)``): sites
    compute their summaries concurrently, as in a federation. Not the
-   default: on this shared 2-core machine it was not faster.
+   default: on this shared 2-core machine it gains 0-10% from run to run,
+   and the timed default should be the plain, party-by-party cost.
 
 Configurations are run round-robin (best of ``--repeats`` each), so a burst
 of load from other jobs hits all of them alike. Every configuration must
