@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -25,6 +24,7 @@ from coordinator.study_cli import add_study_commands
 from coordinator.transport import MIN_SECURE_SITES, AggregationError, InProcessTransport
 from her2fed.errors import Her2fedError, SpecError
 from site_agent.approval import check_site_approval
+from site_agent.atomic import write_atomic
 from site_agent.cli import add_site_commands
 from site_agent.config import SiteConfig, load_site
 from site_agent.handlers import SiteAgent
@@ -36,20 +36,9 @@ STUDY_HANDLER = "site_agent.federation.study_handler:factory"
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from colleagues
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """results.json, all of it or none of it (``write_atomic``)."""
+    text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    write_atomic(path, text.encode("utf-8"))
 
 
 def _site_arg(text: str) -> tuple[str, Path]:
@@ -184,8 +173,7 @@ def _require_approved(loaded: LoadedStudy, configs: dict[str, SiteConfig]) -> No
             f"not every site is ready to answer this study ({loaded.hash})",
             "see below; a rehearsal takes the real steps (README, consortium lead guide; `make "
             "demo` runs them): `her2fed study keygen`, `her2fed study sign`, and at each site "
-            "`her2fed site keys` and `her2fed site approve`\n  "
-            + "\n  ".join(problems),
+            "`her2fed site keys` and `her2fed site approve`\n  " + "\n  ".join(problems),
         )
 
 

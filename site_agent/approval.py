@@ -36,7 +36,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ from her2fed.errors import SpecError
 from her2fed.levels import Covariate, Levels
 from her2fed.protocol import allowed_steps
 from her2fed.study import Analysis, Study, parse_study
+from site_agent.atomic import write_atomic
 from site_agent.federation.keys import parse_public_hex, read_public_key
 from site_agent.policy import PolicyRefusal
 from site_agent.site_files import SiteFiles
@@ -173,7 +173,7 @@ def sign_study(
     study = parse_study_bytes(data, str(path))
     sig = make_signature(data, lead_key, signer, now=now)
     target = Path(out) if out is not None else signature_path(path)
-    _write_atomic(target, sig.to_toml(study.name).encode("utf-8"))
+    write_atomic(target, sig.to_toml(study.name).encode("utf-8"), mode=0o644)
     return target
 
 
@@ -716,23 +716,7 @@ class ApprovalStore:
 
     def _write(self, items: Sequence[Approval]) -> None:
         text = _STORE_HEADER + "".join("\n" + a.to_toml() for a in items)
-        _write_atomic(self.path, text.encode("utf-8"))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` so that a crash leaves the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(self.path, text.encode("utf-8"), mode=0o644)
 
 
 # ---------------------------------------------------------------- the check a session makes

@@ -52,7 +52,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from her2fed.errors import Her2fedError
 from her2fed.protocol import Query
+from site_agent.atomic import write_atomic
 from site_agent.policy import PolicyRefusal
 
 FORMAT_VERSION = 1
@@ -361,26 +361,6 @@ def read_head(path: str | Path) -> Head | None:
     ):
         raise HeadUnreadable(str(head_path(path)))
     return Head(doc["site_id"], doc["seq"], doc["hash"], doc["time"], doc["sig"])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` so that a crash leaves either the old or the new file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # ---------------------------------------------------------------- writing
@@ -907,7 +887,7 @@ class AuditLog:
         if self.signing_key is not None:
             sig = self.signing_key.sign(head_new.signing_bytes()).hex()
             head_new = Head(head_new.site_id, head_new.seq, head_new.hash, head_new.time, sig)
-        _write_atomic(self.head_path, head_new.to_bytes())
+        write_atomic(self.head_path, head_new.to_bytes(), mode=0o640)
         return [r for r, _ in built]
 
 

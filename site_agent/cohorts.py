@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +37,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from her2fed.study import Analysis
+from site_agent.atomic import write_atomic
 from site_agent.policy import PolicyRefusal
 
 DIRECTORY = "cohorts"
@@ -128,14 +128,9 @@ class CohortMemory:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         digest = hashlib.sha256(f"{self.study_hash}\0{analysis.id}".encode()).hexdigest()[:24]
         name = f"{digest}.npy"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, cohort)
-            os.replace(tmp, self.directory / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        np.save(buf, cohort)
+        write_atomic(self.directory / name, buf.getvalue(), mode=0o600)
         entry = {
             "study": self.study_hash,
             "analysis": analysis.id,

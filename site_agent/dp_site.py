@@ -41,6 +41,7 @@ from her2fed.errors import SpecError
 from her2fed.protocol import Query
 from her2fed.study import Analysis
 from her2fed.summary import Additive
+from site_agent.atomic import write_atomic
 from site_agent.config import SiteConfig
 from site_agent.policy import PolicyRefusal
 
@@ -109,11 +110,8 @@ def load_ledger(config: SiteConfig) -> dict[str, dict[str, float]]:
 
 def save_ledger(config: SiteConfig, ledger: dict[str, dict[str, float]]) -> None:
     """Write atomically (temporary file + rename) so a crash never leaves half a ledger."""
-    path = ledger_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(ledger, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(ledger, indent=1, sort_keys=True)
+    write_atomic(ledger_path(config), text.encode("utf-8"))
 
 
 def spent(config: SiteConfig, study_name: str) -> float:
