@@ -43,9 +43,11 @@ from numpy.typing import NDArray
 
 from bench.common import (
     ROOT,
+    CoxModel,
     Stopwatch,
     best_of,
     command_line,
+    draw_cox_rows,
     fmt_mib,
     fmt_ratio,
     fmt_s,
@@ -82,6 +84,7 @@ BINARY_P = (None, None, None, None, None, 0.5, 0.3, 0.2, 0.6, 0.1)
 TRUE_BETA = np.array([0.5, -0.4, 0.25, 0.1, 0.0, 0.6, -0.3, 0.35, -0.2, 0.15])
 BASE_HAZARD = 1 / 1500  # per day: median survival ~3 years at x = 0
 CENSOR_HAZARD = 1 / 2500
+MODEL = CoxModel(COVARIATES, BINARY_P, TRUE_BETA, BASE_HAZARD, CENSOR_HAZARD, HORIZON_DAYS)
 CAUSE1_SHARE = 0.6  # of events, for the competing-risks (Aalen-Johansen) analysis
 N_SITES = 5
 SIZES_FULL = (10_000, 100_000, 200_000)
@@ -115,20 +118,7 @@ def make_site(seed: int, site: int, rows: int) -> pd.DataFrame:
     log-rank grouping.
     """
     rng = np.random.default_rng([seed, site])
-    cols: dict[str, NDArray[Any]] = {}
-    for name, p in zip(COVARIATES, BINARY_P, strict=True):
-        if p is None:
-            cols[name] = rng.normal(0.1 * site, 1.0, rows)
-        else:
-            cols[name] = (rng.random(rows) < p).astype(np.int64)
-    x = np.column_stack([np.asarray(cols[c], dtype=np.float64) for c in COVARIATES])
-    t_event = rng.exponential(1.0 / (BASE_HAZARD * np.exp(x @ TRUE_BETA)))
-    t_censor = rng.exponential(1.0 / CENSOR_HAZARD, rows)
-    days = np.ceil(np.minimum(t_event, t_censor)).astype(np.int64)
-    event = (t_event <= t_censor).astype(np.int64)
-    beyond = days > HORIZON_DAYS
-    event[beyond] = 0
-    days[beyond] = HORIZON_DAYS
+    days, event, cols = draw_cox_rows(rng, MODEL, rows, shift=0.1 * site)
     cause = np.where(event == 1, np.where(rng.random(rows) < CAUSE1_SHARE, 1, 2), 0)
     arm = np.where(cols["x5"] == 1, "B", "A")
     return pd.DataFrame({TIME: days, EVENT: event, CAUSE: cause, ARM: arm, **cols})

@@ -41,13 +41,22 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from bench.common import command_line, fmt_bytes, fmt_s, log, machine, publish
+from bench.common import (
+    CoxModel,
+    command_line,
+    draw_cox_rows,
+    fmt_bytes,
+    fmt_s,
+    log,
+    machine,
+    publish,
+)
 from bench.common import section as common_section
 from coordinator.orchestrate import StudyOutcome, run_study
 from coordinator.results import pooled_json
@@ -84,6 +93,7 @@ COVARIATES = ("x0", "x1", "x2", "x3", "x4")  # x0-x2 continuous, x3-x4 0/1
 TRUE_BETA = np.array([0.4, -0.3, 0.2, 0.5, -0.25])
 BINARY_P = (None, None, None, 0.4, 0.25)
 BASE_HAZARD, CENSOR_HAZARD = 1 / 1200, 1 / 2500  # per day
+MODEL = CoxModel(COVARIATES, BINARY_P, TRUE_BETA, BASE_HAZARD, CENSOR_HAZARD, HORIZON_DAYS)
 COX_TOL = 1e-7
 BIG = 100  # from this many sites on, one run of each kind (a secure in-process run takes ~40 s)
 COORD = "coordinator"
@@ -127,21 +137,7 @@ def make_site(seed: int, index: int, rows: int) -> pd.DataFrame:
     differ (as hospitals do) without drifting out of range at 100 sites.
     """
     rng = np.random.default_rng([seed, index])
-    shift = rng.normal(0.0, 0.25)
-    cols: dict[str, NDArray[Any]] = {}
-    for name, p in zip(COVARIATES, BINARY_P, strict=True):
-        if p is None:
-            cols[name] = rng.normal(shift, 1.0, rows)
-        else:
-            cols[name] = (rng.random(rows) < p).astype(np.int64)
-    x = np.column_stack([np.asarray(cols[c], dtype=np.float64) for c in COVARIATES])
-    t_event = rng.exponential(1.0 / (BASE_HAZARD * np.exp(x @ TRUE_BETA)))
-    t_censor = rng.exponential(1.0 / CENSOR_HAZARD, rows)
-    days = np.ceil(np.minimum(t_event, t_censor)).astype(np.int64)
-    event = (t_event <= t_censor).astype(np.int64)
-    beyond = days > HORIZON_DAYS
-    event[beyond] = 0
-    days[beyond] = HORIZON_DAYS
+    days, event, cols = draw_cox_rows(rng, MODEL, rows, shift=rng.normal(0.0, 0.25))
     return pd.DataFrame({TIME: days, EVENT: event, **cols})
 
 

@@ -19,10 +19,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 T = TypeVar("T")
 
@@ -125,6 +127,47 @@ def fmt_ratio(x: float) -> str:
     if x != x:
         return "–"
     return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+
+
+# ---------------------------------------------------------------- synthetic rows
+
+
+@dataclass(frozen=True)
+class CoxModel:
+    """A known proportional-hazards model to draw benchmark rows from.
+
+    Continuous covariates (``binary_p`` None) are normal, the others 0/1 with
+    that probability; event and censoring times are exponential, rounded up
+    to whole days and censored at ``horizon``.
+    """
+
+    covariates: tuple[str, ...]
+    binary_p: tuple[float | None, ...]
+    beta: NDArray[np.float64]
+    base_hazard: float
+    censor_hazard: float
+    horizon: int
+
+
+def draw_cox_rows(
+    rng: np.random.Generator, model: CoxModel, rows: int, shift: float
+) -> tuple[NDArray[np.int64], NDArray[np.int64], dict[str, NDArray[Any]]]:
+    """(days, event 0/1, covariate columns); ``shift`` moves the continuous covariates."""
+    cols: dict[str, NDArray[Any]] = {}
+    for name, p in zip(model.covariates, model.binary_p, strict=True):
+        if p is None:
+            cols[name] = rng.normal(shift, 1.0, rows)
+        else:
+            cols[name] = (rng.random(rows) < p).astype(np.int64)
+    x = np.column_stack([np.asarray(cols[c], dtype=np.float64) for c in model.covariates])
+    t_event = rng.exponential(1.0 / (model.base_hazard * np.exp(x @ model.beta)))
+    t_censor = rng.exponential(1.0 / model.censor_hazard, rows)
+    days = np.ceil(np.minimum(t_event, t_censor)).astype(np.int64)
+    event = (t_event <= t_censor).astype(np.int64)
+    beyond = days > model.horizon
+    event[beyond] = 0
+    days[beyond] = model.horizon
+    return days, event, cols
 
 
 # ---------------------------------------------------------------- machine and code
