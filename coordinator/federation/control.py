@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,8 +223,3 @@ def open_study_session(
             control.wait_run(run_id, 15.0, report)
         raise
     return session, control.wait_run(run_id, timeout, report)
-
-
-def names_of(nodes: Sequence[NodeInfo]) -> dict[int, str]:
-    """Node id -> the name it was registered with (the site id)."""
-    return {int(n.node_id): n.name for n in nodes}
